@@ -1,0 +1,88 @@
+"""The aiohttp application: its resources opened and closed in order with ``cleanup_ctx``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from keys.keyring import Keyring
+from server import db
+from server.client_auth import ClientAuthenticator, VerifiedSecretCache
+from server.grants import GrantServices, default_grants
+from server.middleware import error_middleware, security_headers
+from server.passwords import SecretHasher
+from server.services import SERVICES, Services
+from server.settings import Settings
+from server.store import ClientStore, PgKeyStore, UserStore
+from server.tokens import AccessTokenIssuer
+from server.views import add_routes, metadata_document
+
+log = logging.getLogger("tessera")
+
+
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=settings.max_body_bytes,
+        handler_args={"max_line_size": 8190, "max_field_size": 8190},
+    )
+    app.on_response_prepare.append(security_headers)
+    add_routes(app)
+
+    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_services(settings, clock) as services:
+            app[SERVICES] = services
+            yield
+            services.shutting_down = True
+
+    app.cleanup_ctx.append(services_ctx)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def open_services(settings: Settings, clock: Callable[[], float]) -> AsyncIterator[Services]:
+    loop = asyncio.get_running_loop()
+    with contextlib.ExitStack() as stack:
+        # Starting the embedded PostgreSQL blocks for a moment; do it off the loop.
+        database = await loop.run_in_executor(None, stack.enter_context, db.open_database(settings))
+        pool = await db.create_pool(
+            database.dsn, size=settings.db_pool_size, statement_timeout=settings.db_statement_timeout
+        )
+        try:
+            async with pool.acquire() as connection:
+                await db.migrate(connection)
+            keyring = Keyring(PgKeyStore(pool), database.kek)
+            await keyring.ensure_initial_keys(settings.signing_alg)
+            await keyring.refresh()
+            hasher = SecretHasher(settings.argon2)
+            await hasher.warm_up()
+            clients, users = ClientStore(pool), UserStore(pool)
+            grants = default_grants()
+            tokens = AccessTokenIssuer(keyring, issuer=settings.issuer, ttl=settings.access_token_ttl, clock=clock)
+            extras: dict[str, object] = {}
+            services = Services(
+                settings=settings,
+                clock=clock,
+                pool=pool,
+                keyring=keyring,
+                hasher=hasher,
+                clients=clients,
+                users=users,
+                authenticator=ClientAuthenticator(clients, hasher, VerifiedSecretCache()),
+                grants=grants,
+                grant_services=GrantServices(tokens, users, hasher, clock, extras),
+                metadata_body=metadata_document(settings.issuer, sorted(grants), {}),
+                extras=extras,
+            )
+            log.info("ready", extra={"issuer": settings.issuer, "kid": keyring.snapshot.signer.kid})
+            try:
+                yield services
+            finally:
+                hasher.close()
+        finally:
+            await pool.close()

@@ -1,0 +1,393 @@
+"""The ``tessera`` command line.
+
+Exit status 0 on success; otherwise one line on stderr and a non-zero status. ``--json`` prints
+one JSON object or array on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import secrets
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn
+
+import asyncpg
+
+from server import db
+from server.passwords import SecretHasher
+from server.settings import Settings, SettingsError, load_settings
+from server.store import ClientStore, PgKeyStore, UserStore
+from server.store.clients import ClientExists
+from server.store.users import UserExists
+
+GRANT_TYPES = ("client_credentials", "password", "refresh_token")
+_SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._~:@-]{1,128}$")
+MIN_SECRET_LENGTH = 16
+
+
+class CommandError(Exception):
+    """A refusal the user can act on; printed as one line."""
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data) if args.json else text)
+
+
+def _read_stdin_secret(what: str) -> str:
+    value = sys.stdin.read()
+    if value.endswith("\n"):
+        value = value[:-1]
+        if value.endswith("\r"):
+            value = value[:-1]
+    if not value:
+        raise CommandError(f"no {what} on standard input")
+    if any(ch < " " or ch == "\x7f" for ch in value):
+        raise CommandError(f"the {what} contains control characters")
+    if len(value) > 1024:
+        raise CommandError(f"the {what} is longer than 1024 characters")
+    return value
+
+
+def _split_list(raw: str, what: str, pattern: re.Pattern[str] | None = None) -> list[str]:
+    items = list(dict.fromkeys(raw.replace(",", " ").split()))
+    for item in items:
+        if pattern is not None and not pattern.match(item):
+            raise CommandError(f"{what}: {item!r} is not allowed")
+        if any(ch < " " for ch in item):
+            raise CommandError(f"{what}: control characters are not allowed")
+    return items
+
+
+def _with_store(settings: Settings, action: Callable[[Any], Awaitable[int]]) -> int:
+    """Open the database (starting the embedded one if needed), migrate, run ``action(pool)``."""
+
+    async def run(dsn: str) -> int:
+        pool = await db.create_pool(dsn, size=2, statement_timeout=settings.db_statement_timeout)
+        try:
+            async with pool.acquire() as connection:
+                await db.migrate(connection)
+            return await action(pool)
+        finally:
+            await pool.close()
+
+    with db.open_database(settings) as database:
+        return asyncio.run(run(database.dsn))
+
+
+# --- clients -----------------------------------------------------------------------------------
+
+
+def clients_create(args: argparse.Namespace, settings: Settings) -> int:
+    if not _CLIENT_ID.match(args.client_id):
+        raise CommandError("CLIENT_ID: 1-128 characters from A-Z a-z 0-9 . _ ~ : @ -")
+    grant_types = _split_list(args.grant_types, "--grant-types")
+    unknown = [g for g in grant_types if g not in GRANT_TYPES]
+    if unknown or not grant_types:
+        raise CommandError(f"--grant-types: choose from {', '.join(GRANT_TYPES)}")
+    if args.public and "client_credentials" in grant_types:
+        raise CommandError("a public client cannot use client_credentials (RFC 6749 section 4.4)")
+    if "refresh_token" in grant_types and "password" not in grant_types:
+        raise CommandError("refresh_token needs a grant that issues refresh tokens (password)")
+    scopes = _split_list(args.scopes, "--scopes", _SCOPE)
+    audiences = _split_list(args.audiences, "--audiences")
+    if not audiences:
+        raise CommandError("--audiences: at least one audience is required (it becomes the tokens' aud)")
+    if args.public and args.secret_stdin:
+        raise CommandError("a public client has no secret; drop --secret-stdin")
+    secret: str | None = None
+    if not args.public:
+        secret = _read_stdin_secret("client secret") if args.secret_stdin else "tsc_" + secrets.token_urlsafe(32)
+        if len(secret) < MIN_SECRET_LENGTH:
+            raise CommandError(f"the client secret must be at least {MIN_SECRET_LENGTH} characters")
+    secret_hash = SecretHasher(settings.argon2).hash_sync(secret) if secret is not None else None
+
+    async def action(pool: Any) -> int:
+        try:
+            client = await ClientStore(pool).create(
+                args.client_id, secret_hash=secret_hash, grant_types=grant_types, scopes=scopes, audiences=audiences
+            )
+        except ClientExists:
+            raise CommandError(f"client {args.client_id!r} already exists") from None
+        data = client.as_public_dict()
+        data["client_id"] = client.client_id
+        lines = [f"client_id: {client.client_id}"]
+        if secret is not None:
+            data["client_secret"] = secret
+            lines.append(f"client_secret: {secret}")
+            if not args.secret_stdin:
+                lines.append("(the secret is shown only now; store it safely)")
+        _emit(args, data, "\n".join(lines))
+        return 0
+
+    return _with_store(settings, action)
+
+
+def clients_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(pool: Any) -> int:
+        clients = await ClientStore(pool).list()
+        rows = [c.as_public_dict() for c in clients]
+        text = "\n".join(
+            f"{c.client_id}\t{'public' if c.is_public else 'confidential'}\t{','.join(sorted(c.grant_types))}"
+            f"\t{' '.join(c.scopes)}\t{' '.join(c.audiences)}"
+            for c in clients
+        )
+        _emit(args, rows, text or "(no clients)")
+        return 0
+
+    return _with_store(settings, action)
+
+
+def clients_show(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(pool: Any) -> int:
+        client = await ClientStore(pool).get(args.client_id)
+        if client is None:
+            raise CommandError(f"no client {args.client_id!r}")
+        data = client.as_public_dict()
+        _emit(args, data, "\n".join(f"{k}: {v}" for k, v in data.items()))
+        return 0
+
+    return _with_store(settings, action)
+
+
+def clients_delete(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(pool: Any) -> int:
+        if not await ClientStore(pool).delete(args.client_id):
+            raise CommandError(f"no client {args.client_id!r}")
+        _emit(args, {"client_id": args.client_id, "deleted": True}, f"deleted client {args.client_id}")
+        return 0
+
+    return _with_store(settings, action)
+
+
+def clients_rotate_secret(args: argparse.Namespace, settings: Settings) -> int:
+    secret = _read_stdin_secret("client secret") if args.secret_stdin else "tsc_" + secrets.token_urlsafe(32)
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise CommandError(f"the client secret must be at least {MIN_SECRET_LENGTH} characters")
+    secret_hash = SecretHasher(settings.argon2).hash_sync(secret)
+
+    async def action(pool: Any) -> int:
+        if not await ClientStore(pool).set_secret_hash(args.client_id, secret_hash):
+            raise CommandError(f"no confidential client {args.client_id!r}")
+        _emit(
+            args,
+            {"client_id": args.client_id, "client_secret": secret},
+            f"client_id: {args.client_id}\nclient_secret: {secret}\n(the old secret no longer works)",
+        )
+        return 0
+
+    return _with_store(settings, action)
+
+
+# --- users -------------------------------------------------------------------------------------
+
+
+def _username(raw: str) -> str:
+    if not raw or len(raw) > 256 or any(ch < " " or ch == "\x7f" for ch in raw):
+        raise CommandError("USERNAME: 1-256 printable characters")
+    return raw
+
+
+def users_create(args: argparse.Namespace, settings: Settings) -> int:
+    username = _username(args.username)
+    if not args.password_stdin:
+        raise CommandError("give the password on standard input with --password-stdin")
+    password_hash = SecretHasher(settings.argon2).hash_sync(_read_stdin_secret("password"))
+
+    async def action(pool: Any) -> int:
+        try:
+            user = await UserStore(pool).create(username, password_hash)
+        except UserExists:
+            raise CommandError(f"user {username!r} already exists") from None
+        _emit(
+            args,
+            {"user_id": str(user.user_id), "username": user.username},
+            f"user_id: {user.user_id}\nusername: {user.username}",
+        )
+        return 0
+
+    return _with_store(settings, action)
+
+
+def users_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(pool: Any) -> int:
+        users = await UserStore(pool).list()
+        text = "\n".join(f"{u.user_id}\t{u.username}\t{'disabled' if u.disabled else 'enabled'}" for u in users)
+        _emit(args, [u.as_public_dict() for u in users], text or "(no users)")
+        return 0
+
+    return _with_store(settings, action)
+
+
+def users_set_password(args: argparse.Namespace, settings: Settings) -> int:
+    username = _username(args.username)
+    if not args.password_stdin:
+        raise CommandError("give the password on standard input with --password-stdin")
+    password_hash = SecretHasher(settings.argon2).hash_sync(_read_stdin_secret("password"))
+
+    async def action(pool: Any) -> int:
+        user = await UserStore(pool).set_password(username, password_hash)
+        if user is None:
+            raise CommandError(f"no user {username!r}")
+        _emit(args, {"user_id": str(user.user_id), "username": username}, f"password changed for {username}")
+        return 0
+
+    return _with_store(settings, action)
+
+
+def users_disable(args: argparse.Namespace, settings: Settings) -> int:
+    username = _username(args.username)
+
+    async def action(pool: Any) -> int:
+        user = await UserStore(pool).set_disabled(username, True)
+        if user is None:
+            raise CommandError(f"no user {username!r}")
+        _emit(args, {"user_id": str(user.user_id), "username": username, "disabled": True}, f"disabled {username}")
+        return 0
+
+    return _with_store(settings, action)
+
+
+def users_delete(args: argparse.Namespace, settings: Settings) -> int:
+    username = _username(args.username)
+
+    async def action(pool: Any) -> int:
+        user = await UserStore(pool).delete(username)
+        if user is None:
+            raise CommandError(f"no user {username!r}")
+        _emit(args, {"user_id": str(user.user_id), "username": username, "deleted": True}, f"deleted {username}")
+        return 0
+
+    return _with_store(settings, action)
+
+
+# --- keys, migrate, serve ----------------------------------------------------------------------
+
+
+def keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(pool: Any) -> int:
+        keys = await PgKeyStore(pool).all_keys()
+        rows = [
+            {
+                "kid": k.kid,
+                "alg": k.alg,
+                "state": k.state,
+                "created_at": k.created_at.isoformat(),
+                "activated_at": k.activated_at.isoformat() if k.activated_at else None,
+                "retired_at": k.retired_at.isoformat() if k.retired_at else None,
+                "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+                "expires_at": k.expires_at.isoformat() if k.expires_at else None,
+            }
+            for k in keys
+        ]
+        text = "\n".join(f"{r['kid']}\t{r['alg']}\t{r['state']}\tcreated {r['created_at']}" for r in rows)
+        _emit(args, rows, text or "(no keys yet: the first `tessera serve` makes them)")
+        return 0
+
+    return _with_store(settings, action)
+
+
+def migrate_command(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(pool: Any) -> int:
+        return 0
+
+    return _with_store(settings, action)
+
+
+def serve_command(args: argparse.Namespace, settings: Settings) -> int:
+    from server.serve import serve
+
+    return serve(settings)
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tessera", description="Tessera OAuth 2.0 token server")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(group: Any, name: str, handler: Handler, help_text: str, *, json_flag: bool = True) -> Any:
+        sub = group.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler, needs_kek=False)
+        if json_flag:
+            sub.add_argument("--json", action="store_true", help="print one JSON value on stdout")
+        return sub
+
+    serve = command(commands, "serve", serve_command, "migrate the schema, then serve HTTP", json_flag=False)
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.set_defaults(needs_kek=True)
+    command(commands, "migrate", migrate_command, "apply pending schema migrations", json_flag=False)
+
+    clients = commands.add_parser("clients", help="manage OAuth clients").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    create = command(clients, "create", clients_create, "register a client; prints its secret once")
+    create.add_argument("client_id", metavar="CLIENT_ID")
+    create.add_argument("--grant-types", required=True, help="comma-separated: " + ",".join(GRANT_TYPES))
+    create.add_argument("--scopes", default="", help="space-separated scopes the client may request")
+    create.add_argument("--audiences", required=True, help="space-separated audiences; the first is the default")
+    create.add_argument("--public", action="store_true", help="a public client: no secret")
+    create.add_argument("--secret-stdin", action="store_true", help="read the secret from standard input")
+    command(clients, "list", clients_list, "list clients")
+    show = command(clients, "show", clients_show, "show one client")
+    show.add_argument("client_id", metavar="ID")
+    delete = command(clients, "delete", clients_delete, "delete a client")
+    delete.add_argument("client_id", metavar="ID")
+    rotate = command(clients, "rotate-secret", clients_rotate_secret, "give a client a new secret; prints it once")
+    rotate.add_argument("client_id", metavar="ID")
+    rotate.add_argument("--secret-stdin", action="store_true", help="read the new secret from standard input")
+
+    users = commands.add_parser("users", help="manage users").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    ucreate = command(users, "create", users_create, "create a user")
+    ucreate.add_argument("username", metavar="USERNAME")
+    ucreate.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    command(users, "list", users_list, "list users")
+    setpw = command(users, "set-password", users_set_password, "change a user's password")
+    setpw.add_argument("username", metavar="USERNAME")
+    setpw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    disable = command(users, "disable", users_disable, "disable a user")
+    disable.add_argument("username", metavar="USERNAME")
+    udelete = command(users, "delete", users_delete, "delete a user")
+    udelete.add_argument("username", metavar="USERNAME")
+
+    keys = commands.add_parser("keys", help="manage signing keys").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    command(keys, "list", keys_list, "list signing keys")
+    return parser
+
+
+def fail(message: str, status: int = 1) -> NoReturn:
+    print(f"tessera: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: getattr(args, k, None) for k in ("host", "port", "workers")}
+    try:
+        settings = load_settings(require_kek=args.needs_kek, **overrides)
+        return int(args.handler(args, settings))
+    except SettingsError as exc:
+        fail(str(exc), 2)
+    except CommandError as exc:
+        fail(str(exc))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        fail(f"database error: {type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""Who is calling: client authentication (RFC 6749 section 2.3), before any grant runs.
+
+Three methods, registered by name: ``client_secret_basic``, ``client_secret_post`` and ``none``
+(public clients). Using two at once is ``invalid_request`` (section 2.3). Every failure to
+authenticate is the same ``invalid_client`` answer, whether the client is unknown or the secret
+wrong, and both cost one argon2 verification.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
+
+from server.errors import InvalidClient, InvalidRequest
+from server.passwords import SecretHasher
+from server.store import Client, ClientStore
+
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    method: str
+    client_id: str
+    secret: str | None
+
+
+def _printable(text: str) -> bool:
+    return bool(text) and all(ch >= " " and ch != "\x7f" for ch in text)
+
+
+def parse_basic(header: str) -> tuple[str, str]:
+    """RFC 7617 with RFC 6749 section 2.3.1's twist: id and secret are form-urlencoded first."""
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        raise InvalidClient("unsupported authentication scheme; use Basic")
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise InvalidClient("malformed Basic credentials") from None
+    raw_id, colon, raw_secret = decoded.partition(":")
+    if not colon:
+        raise InvalidClient("malformed Basic credentials")
+    client_id, secret = unquote_plus(raw_id, errors="strict"), unquote_plus(raw_secret, errors="strict")
+    if not _printable(client_id) or not _printable(secret):
+        raise InvalidClient("malformed Basic credentials")
+    return client_id, secret
+
+
+def extract_credentials(authorization: str | None, form: Mapping[str, str]) -> Credentials:
+    form_id, form_secret = form.get("client_id"), form.get("client_secret")
+    if authorization is not None:
+        try:
+            client_id, secret = parse_basic(authorization)
+        except UnicodeDecodeError:
+            raise InvalidClient("malformed Basic credentials") from None
+        if form_secret is not None:
+            raise InvalidRequest("use one client authentication method, not two")
+        if form_id is not None and form_id != client_id:
+            raise InvalidRequest("client_id in the body differs from the authenticated client")
+        return Credentials("client_secret_basic", client_id, secret)
+    if form_id is None:
+        raise InvalidClient("client authentication is required")
+    if form_secret is not None:
+        return Credentials("client_secret_post", form_id, form_secret)
+    return Credentials("none", form_id, None)
+
+
+class VerifiedSecretCache:
+    """Remembers, for a few minutes, that a presented secret matched a client's stored hash.
+
+    Keyed by an HMAC of (client_id, secret) under a per-process random key, so the cache holds no
+    secret; the value is the stored hash that was checked, so a rotated secret misses at once.
+    This spares the argon2 cost on every client_credentials request, the bottleneck that held
+    Hydra to 87 requests/s on 2 vCPU (hydra#1478).
+    """
+
+    def __init__(self, ttl: float = 300.0, size: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self._key = secrets.token_bytes(32)
+        self._ttl = ttl
+        self._size = size
+        self._clock = clock
+        self._entries: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+
+    def _digest(self, client_id: str, secret: str) -> bytes:
+        return hmac.new(self._key, f"{client_id}\x00{secret}".encode(), hashlib.sha256).digest()
+
+    def matches(self, client_id: str, secret: str, stored_hash: str) -> bool:
+        entry = self._entries.get(self._digest(client_id, secret))
+        return entry is not None and entry[1] > self._clock() and hmac.compare_digest(entry[0], stored_hash)
+
+    def remember(self, client_id: str, secret: str, stored_hash: str) -> None:
+        digest = self._digest(client_id, secret)
+        self._entries[digest] = (stored_hash, self._clock() + self._ttl)
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
+class ClientAuthenticator:
+    def __init__(self, clients: ClientStore, hasher: SecretHasher, cache: VerifiedSecretCache) -> None:
+        self._clients = clients
+        self._hasher = hasher
+        self._cache = cache
+
+    async def authenticate(self, authorization: str | None, form: Mapping[str, str]) -> Client:
+        credentials = extract_credentials(authorization, form)
+        if len(credentials.client_id) > 128:
+            raise InvalidClient("client authentication failed")
+        client = await self._clients.get(credentials.client_id)
+        if credentials.method == "none":
+            if client is None or not client.is_public:
+                raise InvalidClient("client authentication failed")
+            return client
+        assert credentials.secret is not None
+        if client is None or client.secret_hash is None:
+            await self._hasher.verify(None, credentials.secret)
+            raise InvalidClient("client authentication failed")
+        if self._cache.matches(client.client_id, credentials.secret, client.secret_hash):
+            return client
+        if not await self._hasher.verify(client.secret_hash, credentials.secret):
+            raise InvalidClient("client authentication failed")
+        if self._hasher.needs_rehash(client.secret_hash):
+            new_hash = await self._hasher.hash(credentials.secret)
+            await self._clients.rehash_secret(client.client_id, client.secret_hash, new_hash)
+        else:
+            self._cache.remember(client.client_id, credentials.secret, client.secret_hash)
+        return client

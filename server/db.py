@@ -1,0 +1,146 @@
+"""PostgreSQL: the embedded server for development, the connection pool, and schema migrations.
+
+With ``TESSERA_DATABASE_URL`` unset, Tessera runs a real PostgreSQL from the ``pgserver`` wheel
+with its data under ``TESSERA_DATA_DIR/pg``; several local processes (``tessera serve`` and the
+CLI) share it, and it stops when the last of them exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import logging
+import os
+import re
+import secrets
+import base64
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from server.settings import Settings, decode_kek
+
+log = logging.getLogger("tessera.db")
+
+# Any fixed 64-bit number; every instance takes this lock before migrating.
+MIGRATION_LOCK_ID = 0x7E55E4A_0001
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """Where the database is and the key-encryption key that goes with it."""
+
+    dsn: str
+    kek: bytes  # empty when the command was started without one (it then never opens a key)
+    embedded: Any = None  # the pgserver handle, kept alive while the process uses it
+
+
+@contextlib.contextmanager
+def open_database(settings: Settings) -> Iterator[Database]:
+    """Yield the DSN to use: the configured server, or the embedded one started on demand."""
+    if settings.database_url is not None:
+        yield Database(settings.database_url, settings.key_encryption_key or b"")
+        return
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    kek = settings.key_encryption_key or _dev_kek(settings.data_dir)
+    server = _start_embedded(settings.data_dir / "pg")
+    try:
+        yield Database(server.get_uri(), kek, server)
+    finally:
+        server.cleanup()
+
+
+def _start_embedded(pgdata: Path) -> Any:
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        return pgserver.get_server(pgdata, cleanup_mode="stop")
+
+
+def _dev_kek(data_dir: Path) -> bytes:
+    """The development key-encryption key: made once, mode 0600, beside the embedded database."""
+    path = data_dir / "key-encryption-key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return decode_kek(path.read_text(), str(path))
+    with os.fdopen(fd, "w") as handle:
+        handle.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=") + "\n")
+    return decode_kek(path.read_text(), str(path))
+
+
+async def create_pool(dsn: str, *, size: int, statement_timeout: float) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=size,
+        # Bounds every query client-side too, so a database that accepts connections but never
+        # answers cannot hang a request past the statement timeout.
+        command_timeout=statement_timeout + 1.0,
+        timeout=min(statement_timeout, 10.0),
+        server_settings={
+            "application_name": "tessera",
+            "statement_timeout": str(int(statement_timeout * 1000)),
+            "idle_in_transaction_session_timeout": str(int(statement_timeout * 2000)),
+        },
+    )
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    found = []
+    for entry in importlib.resources.files("server.migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+    found.sort()
+    numbers = [number for number, _, _ in found]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise RuntimeError(f"migrations are not numbered 1..n without gaps: {numbers}")
+    return found
+
+
+async def migrate(connection: asyncpg.Connection) -> list[str]:
+    """Apply pending migrations in order, in one transaction, under an advisory lock.
+
+    Several instances starting together serialise on the lock; the later ones find nothing to do.
+    Returns the names applied.
+    """
+    applied_now = []
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row["version"] for row in await connection.fetch("SELECT version FROM schema_migrations")}
+        for number, name, sql in _migrations():
+            if number in done:
+                continue
+            await connection.execute(sql)
+            await connection.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", number, name
+            )
+            applied_now.append(f"{number:04d}_{name}")
+    for name in applied_now:
+        log.info("migration applied", extra={"migration": name})
+    return applied_now
+
+
+@contextlib.asynccontextmanager
+async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(dsn, server_settings={"application_name": "tessera-cli"})
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+__all__ = ["Database", "connect", "create_pool", "migrate", "open_database"]

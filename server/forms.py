@@ -1,0 +1,79 @@
+"""Strict parsing of form-encoded request bodies (RFC 6749 section 3.2 and appendix B).
+
+Every endpoint that takes a form goes through ``read_form``: the body is bounded, must be
+``application/x-www-form-urlencoded`` UTF-8, may not repeat a parameter, and may not carry NUL or
+other control characters. Anything else is ``invalid_request`` before any handler sees it.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from server.errors import InvalidRequest, RequestTooLarge
+
+MAX_PARAMETERS = 32
+MAX_VALUE_LENGTH = 4096
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise RequestTooLarge(f"the request body is larger than {limit} bytes")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise RequestTooLarge(f"the request body is larger than {limit} bytes")
+    return body
+
+
+def _check_content_type(request: web.Request) -> None:
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise InvalidRequest("the body must be application/x-www-form-urlencoded")
+    charset = request.charset
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+        raise InvalidRequest("the body must be encoded in UTF-8")
+
+
+def parse_form(body: bytes) -> dict[str, str]:
+    try:
+        text = body.decode("ascii")
+    except UnicodeDecodeError:
+        # Appendix B: non-ASCII characters travel percent-encoded, never raw.
+        raise InvalidRequest("the body must be ASCII with UTF-8 percent-encoding") from None
+    try:
+        pairs = parse_qsl(
+            text,
+            keep_blank_values=True,
+            strict_parsing=False,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_PARAMETERS,
+        )
+    except UnicodeDecodeError:
+        raise InvalidRequest("a parameter is not valid UTF-8") from None
+    except ValueError:
+        raise InvalidRequest(f"too many parameters (at most {MAX_PARAMETERS})") from None
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form:
+            raise InvalidRequest(f"parameter {name!r} is repeated" if _printable(name) else "a parameter is repeated")
+        if len(value) > MAX_VALUE_LENGTH or len(name) > 64:
+            raise InvalidRequest("a parameter is too long")
+        if not _printable(name) or not _printable(value):
+            raise InvalidRequest("parameters may not contain control characters")
+        form[name] = value
+    # Section 3.2: parameters sent without a value are treated as omitted.
+    return {name: value for name, value in form.items() if value != ""}
+
+
+def _printable(text: str) -> bool:
+    return all(ch >= " " and ch != "\x7f" for ch in text)
+
+
+async def read_form(request: web.Request, limit: int) -> dict[str, str]:
+    if request.query_string and request.method == "POST":
+        # Credentials in the URL end up in access logs; RFC 6749 section 3.2 wants POST bodies.
+        raise InvalidRequest("parameters must be sent in the request body, not the query string")
+    _check_content_type(request)
+    return parse_form(await read_body(request, limit))

@@ -1,0 +1,69 @@
+"""RFC 6749 section 4.3: resource owner password credentials.
+
+Every failure (unknown user, wrong password, disabled user) is the same ``invalid_grant`` after
+the same argon2 work, so neither the answer nor its timing says whether a username exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from server.errors import InvalidGrant, InvalidRequest
+from server.grants.base import TokenRequest, granted_scopes, parse_scope, resolve_audience, token_response
+from server.store import User
+
+MAX_PASSWORD_LENGTH = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordRequest:
+    user: User
+    scopes: tuple[str, ...]
+    audience: str
+
+
+class PasswordGrant:
+    grant_type = "password"
+
+    async def validate(self, request: TokenRequest) -> PasswordRequest:
+        form = request.form
+        username, password = form.get("username"), form.get("password")
+        if username is None or password is None:
+            raise InvalidRequest("username and password are required")
+        if len(password) > MAX_PASSWORD_LENGTH or len(username) > 256:
+            raise InvalidGrant("invalid username or password")
+        scopes = granted_scopes(parse_scope(form.get("scope")), request.client.scopes)
+        audience = resolve_audience(form, request.client)
+        services = request.services
+        user = await services.users.by_username(username)
+        matched = await services.hasher.verify(user.password_hash if user else None, password)
+        if user is None or not matched or user.disabled:
+            raise InvalidGrant("invalid username or password")
+        if services.hasher.needs_rehash(user.password_hash):
+            await services.users.rehash_password(user.user_id, user.password_hash, await services.hasher.hash(password))
+        return PasswordRequest(user, scopes, audience)
+
+    async def issue(self, request: TokenRequest, validated: PasswordRequest) -> dict[str, Any]:
+        services = request.services
+        auth_time = int(services.clock())
+        refresh_token = None
+        session_id = None
+        families = services.extras.get("refresh_families")
+        if families is not None and "refresh_token" in request.client.grant_types:
+            refresh_token, session_id = await families.start(
+                client=request.client,
+                user=validated.user,
+                scopes=validated.scopes,
+                audience=validated.audience,
+                auth_time=auth_time,
+            )
+        access = await services.tokens.issue(
+            subject=str(validated.user.user_id),
+            client_id=request.client.client_id,
+            audience=validated.audience,
+            scopes=validated.scopes,
+            auth_time=auth_time,
+            session_id=session_id,
+        )
+        return token_response(access, validated.scopes, refresh_token)

@@ -1,0 +1,205 @@
+"""Settings: read once from the environment (and `tessera serve` flags) into a frozen dataclass.
+
+A bad value stops the start with one line naming the variable (``SettingsError``); nothing starts
+half-configured. Each component is handed only the values it uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+SIGNING_ALGORITHMS = ("ES256", "ES384", "EdDSA", "RS256", "PS256")
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Argon2Profile:
+    """argon2id cost parameters for hashing passwords and client secrets."""
+
+    time_cost: int
+    memory_kib: int
+    parallelism: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None
+    data_dir: Path
+    host: str
+    port: int
+    issuer: str
+    signing_alg: str
+    access_token_ttl: int
+    refresh_token_ttl: int
+    session_ttl: int
+    refresh_reuse_grace: int
+    key_rotation_interval: int
+    jwks_max_age: int
+    key_encryption_key: bytes | None
+    workers: int
+    login_max_failures: int
+    shutdown_timeout: float
+    db_pool_size: int
+    db_statement_timeout: float
+    argon2: Argon2Profile
+    max_body_bytes: int
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+
+def _text(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip()
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = _text(env, name, None)
+    if raw is None:
+        return default
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}: {value} is outside {low}..{high}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = _text(env, name, None)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}: {value} is outside {low}..{high}")
+    return value
+
+
+def decode_kek(raw: str, name: str) -> bytes:
+    """A key-encryption key is 32 bytes written as base64url (padding optional)."""
+    text = raw.strip()
+    try:
+        key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise SettingsError(f"{name}: not base64url") from None
+    if len(key) != 32:
+        raise SettingsError(f"{name}: must decode to 32 bytes, got {len(key)}")
+    return key
+
+
+def _kek(env: Mapping[str, str]) -> bytes | None:
+    inline = _text(env, "TESSERA_KEY_ENCRYPTION_KEY", None)
+    path = _text(env, "TESSERA_KEY_ENCRYPTION_KEY_FILE", None)
+    if inline and path:
+        raise SettingsError(
+            "TESSERA_KEY_ENCRYPTION_KEY: set either it or TESSERA_KEY_ENCRYPTION_KEY_FILE, not both"
+        )
+    if path:
+        try:
+            return decode_kek(Path(path).read_text(), "TESSERA_KEY_ENCRYPTION_KEY_FILE")
+        except OSError as exc:
+            raise SettingsError(f"TESSERA_KEY_ENCRYPTION_KEY_FILE: cannot read {path}: {exc.strerror}") from None
+    if inline:
+        return decode_kek(inline, "TESSERA_KEY_ENCRYPTION_KEY")
+    return None
+
+
+def _issuer(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(f"TESSERA_ISSUER: must be an http(s) URL, got {raw!r}")
+    if parts.query or parts.fragment:
+        # RFC 8414 section 2: the issuer has no query or fragment components.
+        raise SettingsError("TESSERA_ISSUER: must not have a query or fragment")
+    return raw.rstrip("/")
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, *, require_kek: bool = True, **overrides: object
+) -> Settings:
+    """Build the settings from ``env`` (default ``os.environ``) and command-line overrides.
+
+    Overrides (``host``, ``port``, ``workers``) win over the environment, as flags should.
+    ``require_kek=False`` is for commands that never touch private keys (clients, users).
+    """
+    env = dict(os.environ if env is None else env)
+    for key, name in (("host", "TESSERA_HOST"), ("port", "TESSERA_PORT"), ("workers", "TESSERA_WORKERS")):
+        if overrides.get(key) is not None:
+            env[name] = str(overrides[key])
+
+    database_url = _text(env, "TESSERA_DATABASE_URL", None)
+    if database_url is not None and not database_url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError("TESSERA_DATABASE_URL: must be a postgresql:// URL")
+    data_dir = Path(_text(env, "TESSERA_DATA_DIR", "./.tessera") or "./.tessera").expanduser().absolute()
+    host = _text(env, "TESSERA_HOST", "127.0.0.1") or "127.0.0.1"
+    port = _int(env, "TESSERA_PORT", 8080, 0, 65535)
+    default_issuer = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    issuer = _issuer(_text(env, "TESSERA_ISSUER", default_issuer) or default_issuer)
+
+    alg = _text(env, "TESSERA_SIGNING_ALG", "ES256") or "ES256"
+    if alg not in SIGNING_ALGORITHMS:
+        raise SettingsError(f"TESSERA_SIGNING_ALG: {alg!r} is not one of {', '.join(SIGNING_ALGORITHMS)}")
+
+    year = 366 * 86400
+    access_ttl = _int(env, "TESSERA_ACCESS_TOKEN_TTL", 900, 1, 86400)
+    refresh_ttl = _int(env, "TESSERA_REFRESH_TOKEN_TTL", 1209600, 1, 10 * year)
+    session_ttl = _int(env, "TESSERA_SESSION_TTL", 2592000, 1, 10 * year)
+    grace = _int(env, "TESSERA_REFRESH_REUSE_GRACE", 0, 0, 300)
+    rotation = _int(env, "TESSERA_KEY_ROTATION_INTERVAL", 604800, 60, 10 * year)
+    jwks_max_age = _int(env, "TESSERA_JWKS_MAX_AGE", 300, 0, 7 * 86400)
+    kek = _kek(env)
+    if database_url is not None and kek is None and require_kek:
+        raise SettingsError(
+            "TESSERA_KEY_ENCRYPTION_KEY: required when TESSERA_DATABASE_URL is set "
+            "(32 random bytes, base64url; or TESSERA_KEY_ENCRYPTION_KEY_FILE)"
+        )
+    workers = _int(env, "TESSERA_WORKERS", 1, 1, 64)
+    max_failures = _int(env, "TESSERA_LOGIN_MAX_FAILURES", 10, 1, 1_000_000)
+    shutdown = _float(env, "TESSERA_SHUTDOWN_TIMEOUT", 10.0, 0.0, 3600.0)
+    pool = _int(env, "TESSERA_DB_POOL_SIZE", 10, 1, 500)
+    statement_timeout = _float(env, "TESSERA_DB_STATEMENT_TIMEOUT", 5.0, 0.1, 600.0)
+    # OWASP's argon2id profile (m=19 MiB, t=2, p=1): tens of milliseconds per login on one core.
+    argon2 = Argon2Profile(
+        time_cost=_int(env, "TESSERA_ARGON2_TIME_COST", 2, 1, 100),
+        memory_kib=_int(env, "TESSERA_ARGON2_MEMORY_KIB", 19456, 1024, 4 * 1024 * 1024),
+        parallelism=_int(env, "TESSERA_ARGON2_PARALLELISM", 1, 1, 64),
+    )
+    max_body = _int(env, "TESSERA_MAX_BODY_BYTES", 16384, 1024, 1024 * 1024)
+    return Settings(
+        database_url=database_url,
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        issuer=issuer,
+        signing_alg=alg,
+        access_token_ttl=access_ttl,
+        refresh_token_ttl=refresh_ttl,
+        session_ttl=session_ttl,
+        refresh_reuse_grace=grace,
+        key_rotation_interval=rotation,
+        jwks_max_age=jwks_max_age,
+        key_encryption_key=kek,
+        workers=workers,
+        login_max_failures=max_failures,
+        shutdown_timeout=shutdown,
+        db_pool_size=pool,
+        db_statement_timeout=statement_timeout,
+        argon2=argon2,
+        max_body_bytes=max_body,
+    )

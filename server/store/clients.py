@@ -1,0 +1,108 @@
+"""Registered clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    client_id: str
+    secret_hash: str | None
+    is_public: bool
+    grant_types: frozenset[str]
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    created_at: datetime
+
+    def as_public_dict(self) -> dict[str, object]:
+        """What the CLI shows: never the secret hash."""
+        return {
+            "client_id": self.client_id,
+            "public": self.is_public,
+            "grant_types": sorted(self.grant_types),
+            "scopes": list(self.scopes),
+            "audiences": list(self.audiences),
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+_COLUMNS = "client_id, secret_hash, is_public, grant_types, scopes, audiences, created_at"
+
+
+def _client(row: asyncpg.Record) -> Client:
+    return Client(
+        client_id=row["client_id"],
+        secret_hash=row["secret_hash"],
+        is_public=row["is_public"],
+        grant_types=frozenset(row["grant_types"]),
+        scopes=tuple(row["scopes"]),
+        audiences=tuple(row["audiences"]),
+        created_at=row["created_at"],
+    )
+
+
+class ClientExists(Exception):
+    pass
+
+
+class ClientStore:
+    def __init__(self, db: asyncpg.Pool | asyncpg.Connection) -> None:
+        self._db = db
+
+    async def get(self, client_id: str) -> Client | None:
+        row = await self._db.fetchrow(f"SELECT {_COLUMNS} FROM clients WHERE client_id = $1", client_id)
+        return _client(row) if row else None
+
+    async def create(
+        self,
+        client_id: str,
+        *,
+        secret_hash: str | None,
+        grant_types: list[str],
+        scopes: list[str],
+        audiences: list[str],
+    ) -> Client:
+        try:
+            row = await self._db.fetchrow(
+                f"INSERT INTO clients (client_id, secret_hash, is_public, grant_types, scopes, audiences,"
+                f" secret_changed_at) VALUES ($1, $2, $3, $4, $5, $6, now()) RETURNING {_COLUMNS}",
+                client_id,
+                secret_hash,
+                secret_hash is None,
+                grant_types,
+                scopes,
+                audiences,
+            )
+        except asyncpg.UniqueViolationError:
+            raise ClientExists(client_id) from None
+        assert row is not None
+        return _client(row)
+
+    async def list(self) -> list[Client]:
+        return [_client(r) for r in await self._db.fetch(f"SELECT {_COLUMNS} FROM clients ORDER BY client_id")]
+
+    async def delete(self, client_id: str) -> bool:
+        return await self._db.fetchval("DELETE FROM clients WHERE client_id = $1 RETURNING true", client_id) is True
+
+    async def set_secret_hash(self, client_id: str, secret_hash: str) -> bool:
+        """Replace a confidential client's secret; False if there is no such confidential client."""
+        updated = await self._db.fetchval(
+            "UPDATE clients SET secret_hash = $2, secret_changed_at = now()"
+            " WHERE client_id = $1 AND NOT is_public RETURNING true",
+            client_id,
+            secret_hash,
+        )
+        return updated is True
+
+    async def rehash_secret(self, client_id: str, old_hash: str, new_hash: str) -> None:
+        """Upgrade a hash to new parameters, unless the secret changed in the meantime."""
+        await self._db.execute(
+            "UPDATE clients SET secret_hash = $3 WHERE client_id = $1 AND secret_hash = $2",
+            client_id,
+            old_hash,
+            new_hash,
+        )

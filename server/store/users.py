@@ -1,0 +1,89 @@
+"""Resource owners (users) for the password grant."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    user_id: uuid.UUID
+    username: str
+    password_hash: str
+    disabled: bool
+    created_at: datetime
+
+    def as_public_dict(self) -> dict[str, object]:
+        return {
+            "user_id": str(self.user_id),
+            "username": self.username,
+            "disabled": self.disabled,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+_COLUMNS = "user_id, username, password_hash, disabled, created_at"
+
+
+def _user(row: asyncpg.Record) -> User:
+    return User(row["user_id"], row["username"], row["password_hash"], row["disabled"], row["created_at"])
+
+
+class UserExists(Exception):
+    pass
+
+
+class UserStore:
+    def __init__(self, db: asyncpg.Pool | asyncpg.Connection) -> None:
+        self._db = db
+
+    async def by_username(self, username: str) -> User | None:
+        row = await self._db.fetchrow(f"SELECT {_COLUMNS} FROM users WHERE username = $1", username)
+        return _user(row) if row else None
+
+    async def create(self, username: str, password_hash: str) -> User:
+        try:
+            row = await self._db.fetchrow(
+                f"INSERT INTO users (username, password_hash) VALUES ($1, $2) RETURNING {_COLUMNS}",
+                username,
+                password_hash,
+            )
+        except asyncpg.UniqueViolationError:
+            raise UserExists(username) from None
+        assert row is not None
+        return _user(row)
+
+    async def list(self) -> list[User]:
+        return [_user(r) for r in await self._db.fetch(f"SELECT {_COLUMNS} FROM users ORDER BY username")]
+
+    async def set_password(self, username: str, password_hash: str) -> User | None:
+        row = await self._db.fetchrow(
+            f"UPDATE users SET password_hash = $2, password_changed_at = now() WHERE username = $1"
+            f" RETURNING {_COLUMNS}",
+            username,
+            password_hash,
+        )
+        return _user(row) if row else None
+
+    async def set_disabled(self, username: str, disabled: bool) -> User | None:
+        row = await self._db.fetchrow(
+            f"UPDATE users SET disabled = $2 WHERE username = $1 RETURNING {_COLUMNS}", username, disabled
+        )
+        return _user(row) if row else None
+
+    async def delete(self, username: str) -> User | None:
+        row = await self._db.fetchrow(f"DELETE FROM users WHERE username = $1 RETURNING {_COLUMNS}", username)
+        return _user(row) if row else None
+
+    async def rehash_password(self, user_id: uuid.UUID, old_hash: str, new_hash: str) -> None:
+        """Upgrade a hash to new parameters, unless the password changed in the meantime."""
+        await self._db.execute(
+            "UPDATE users SET password_hash = $3 WHERE user_id = $1 AND password_hash = $2",
+            user_id,
+            old_hash,
+            new_hash,
+        )

@@ -1,0 +1,116 @@
+"""HTTP endpoints. A token request reads top to bottom: parse the form, authenticate the client,
+pick the grant, validate, issue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiohttp import web
+
+from server.errors import InvalidRequest, UnauthorizedClient, UnsupportedGrantType
+from server.forms import read_form
+from server.grants import TokenRequest
+from server.middleware import LOG_FIELDS, NO_STORE, json_response
+from server.services import SERVICES
+
+
+def _authorization(request: web.Request) -> str | None:
+    values = request.headers.getall("Authorization", [])
+    if len(values) > 1:
+        raise InvalidRequest("more than one Authorization header")
+    return values[0] if values else None
+
+
+async def token(request: web.Request) -> web.Response:
+    """RFC 6749 section 3.2: the token endpoint."""
+    services = request.app[SERVICES]
+    form = await read_form(request, services.settings.max_body_bytes)
+    grant_type = form.get("grant_type")
+    if grant_type is None:
+        raise InvalidRequest("grant_type is required")
+    grant = services.grants.get(grant_type)
+    if grant is None:
+        raise UnsupportedGrantType("this server does not support that grant_type")
+    request[LOG_FIELDS]["grant_type"] = grant_type
+    client = await services.authenticator.authenticate(_authorization(request), form)
+    request[LOG_FIELDS]["client_id"] = client.client_id
+    if grant_type not in client.grant_types:
+        raise UnauthorizedClient("this client may not use this grant type")
+    context = TokenRequest(form, client, request.remote, services.grant_services)
+    validated = await grant.validate(context)
+    return json_response(await grant.issue(context, validated))
+
+
+async def jwks(request: web.Request) -> web.Response:
+    """The key set, from memory: public members only, with a strong ETag."""
+    services = request.app[SERVICES]
+    snapshot = services.keyring.snapshot
+    headers = {
+        "Cache-Control": f"public, max-age={services.settings.jwks_max_age}",
+        "ETag": snapshot.etag,
+    }
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None:
+        tags = {tag.strip() for tag in if_none_match.split(",")}
+        if snapshot.etag in tags or "*" in tags:
+            return web.Response(status=304, headers=headers)
+    return web.Response(body=snapshot.jwks_body, content_type="application/jwk-set+json", headers=headers)
+
+
+async def metadata(request: web.Request) -> web.Response:
+    """RFC 8414 authorization server metadata."""
+    services = request.app[SERVICES]
+    return web.Response(
+        body=services.metadata_body,
+        content_type="application/json",
+        headers={"Cache-Control": "public, max-age=3600"},
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the database answers and an active key is loaded (and we are not shutting down)."""
+    services = request.app[SERVICES]
+    problems = []
+    if services.shutting_down:
+        problems.append("shutting down")
+    if not services.keyring.loaded:
+        problems.append("no active key loaded")
+    try:
+        async with asyncio.timeout(2.0):
+            await services.pool.fetchval("SELECT 1")
+    except Exception:  # any failure to answer means "not ready"; the reason is not the client's business
+        problems.append("database unreachable")
+    if problems:
+        return json_response({"status": "unavailable", "problems": problems}, 503, {"Retry-After": "5"})
+    return json_response({"status": "ready"})
+
+
+def metadata_document(issuer: str, grant_types: list[str], extra: dict[str, object]) -> bytes:
+    document: dict[str, object] = {
+        "issuer": issuer,
+        "token_endpoint": f"{issuer}/token",
+        "jwks_uri": f"{issuer}/.well-known/jwks.json",
+        "grant_types_supported": grant_types,
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        # No authorization endpoint: this server issues tokens only through the token endpoint.
+        "response_types_supported": [],
+    }
+    document.update(extra)
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/token", token)
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_get("/.well-known/oauth-authorization-server", metadata)
+    app.router.add_get("/.well-known/openid-configuration", metadata)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+
+__all__ = ["NO_STORE", "add_routes", "metadata_document"]

@@ -1,0 +1,197 @@
+"""Test fixtures: a real PostgreSQL, a real HTTP server, an injectable clock.
+
+The database is the one named by TESSERA_DATABASE_URL (a fresh database is created on it for the
+run and dropped after), or else an embedded PostgreSQL (pgserver) in a temporary directory.
+Every test starts from empty tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from server import db
+from server.app import create_app
+from server.passwords import SecretHasher
+from server.settings import Settings, load_settings
+from server.store import Client, ClientStore, User, UserStore
+from tests.helpers import with_database
+
+# Cheap argon2 in tests: the cost parameters are exercised by their own tests.
+FAST_ARGON2 = {"TESSERA_ARGON2_TIME_COST": "1", "TESSERA_ARGON2_MEMORY_KIB": "1024", "TESSERA_ARGON2_PARALLELISM": "1"}
+TABLES_KEPT = {"schema_migrations"}
+
+
+class FakeClock:
+    """A clock the test moves by hand: ``clock.advance(3600)``."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = start if start is not None else time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    external = os.environ.get("TESSERA_DATABASE_URL")
+    name = f"tessera_test_{os.getpid()}"
+    embedded = None
+    tmp = None
+    if external:
+        admin_url = external
+    else:
+        tmp = tempfile.mkdtemp(prefix="tessera-test-pg-")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgserver
+
+            embedded = pgserver.get_server(tmp, cleanup_mode="stop")
+        admin_url = embedded.get_uri()
+
+    async def setup() -> None:
+        connection = await asyncpg.connect(admin_url)
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await connection.close()
+        connection = await asyncpg.connect(with_database(admin_url, name))
+        try:
+            await db.migrate(connection)
+        finally:
+            await connection.close()
+
+    async def teardown() -> None:
+        connection = await asyncpg.connect(admin_url)
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+    asyncio.run(setup())
+    try:
+        yield with_database(admin_url, name)
+    finally:
+        asyncio.run(teardown())
+        if embedded is not None:
+            embedded.cleanup()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+async def clean_database(database_url: str) -> str:
+    connection = await asyncpg.connect(database_url)
+    try:
+        tables = [
+            r["tablename"]
+            for r in await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            if r["tablename"] not in TABLES_KEPT
+        ]
+        if tables:
+            await connection.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE")
+    finally:
+        await connection.close()
+    return database_url
+
+
+@pytest.fixture
+def kek() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+
+
+@pytest.fixture
+def env(clean_database: str, kek: str, tmp_path: Any) -> dict[str, str]:
+    """The environment a server under test is started with; tests may add to it."""
+    return {
+        "TESSERA_DATABASE_URL": clean_database,
+        "TESSERA_KEY_ENCRYPTION_KEY": kek,
+        "TESSERA_DATA_DIR": str(tmp_path / "data"),
+        "TESSERA_ISSUER": "https://tessera.test",
+        **FAST_ARGON2,
+    }
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    return load_settings(env)
+
+
+@pytest.fixture
+async def client(settings: Settings, clock: FakeClock) -> AsyncIterator[TestClient[Any, Any]]:
+    """An HTTP client talking to a real Tessera server on 127.0.0.1."""
+    app = create_app(settings, clock=clock)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as http:
+        yield http
+
+
+@dataclass
+class Admin:
+    """What an operator does with the CLI, done directly against the same database."""
+
+    pool: asyncpg.Pool
+    hasher: SecretHasher
+
+    async def client(
+        self,
+        client_id: str = "svc",
+        *,
+        secret: str | None = "s3cret-s3cret-s3cret",
+        grant_types: tuple[str, ...] = ("client_credentials",),
+        scopes: tuple[str, ...] = ("read", "write"),
+        audiences: tuple[str, ...] = ("https://orders.example", "https://billing.example"),
+    ) -> Client:
+        secret_hash = await self.hasher.hash(secret) if secret is not None else None
+        return await ClientStore(self.pool).create(
+            client_id,
+            secret_hash=secret_hash,
+            grant_types=list(grant_types),
+            scopes=list(scopes),
+            audiences=list(audiences),
+        )
+
+    async def user(self, username: str = "alice", password: str = "correct horse battery staple") -> User:
+        return await UserStore(self.pool).create(username, await self.hasher.hash(password))
+
+
+@pytest.fixture
+async def admin(settings: Settings) -> AsyncIterator[Admin]:
+    assert settings.database_url is not None
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    hasher = SecretHasher(settings.argon2)
+    try:
+        yield Admin(pool, hasher)
+    finally:
+        hasher.close()
+        await pool.close()
+
+
+@pytest.fixture
+async def db_conn(clean_database: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(clean_database)
+    try:
+        yield connection
+    finally:
+        await connection.close()
