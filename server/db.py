@@ -76,9 +76,19 @@ def _dev_kek(data_dir: Path) -> bytes:
     return decode_kek(path.read_text(), str(path))
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's default RESET ALL / UNLISTEN / advisory-unlock round trip.
+
+    asyncpg still rolls back any open transaction first. Tessera leaves no other session state on
+    pooled connections (advisory locks are transaction-scoped, LISTEN uses its own connection), so
+    the default reset would only add a second round trip to every request.
+    """
+
+
 async def create_pool(dsn: str, *, size: int, statement_timeout: float) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         dsn,
+        reset=_keep_session,
         min_size=1,
         max_size=size,
         # Bounds every query client-side too, so a database that accepts connections but never

@@ -9,6 +9,7 @@ costs and usernames cannot be told apart by timing.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +20,11 @@ from server.settings import Argon2Profile
 
 
 class SecretHasher:
-    def __init__(self, profile: Argon2Profile, *, threads: int = 2) -> None:
+    def __init__(self, profile: Argon2Profile, *, threads: int | None = None) -> None:
+        if threads is None:
+            # One argon2 thread per core this process may run on: more only thrash the caches,
+            # since each verification walks its whole memory block.
+            threads = max(1, len(os.sched_getaffinity(0)))
         self._hasher = PasswordHasher(
             time_cost=profile.time_cost,
             memory_cost=profile.memory_kib,

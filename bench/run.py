@@ -1,0 +1,357 @@
+"""`make bench`: Tessera's throughput and latency next to this machine's own limits, measured in
+the same run, printed as one table with ratios and written as JSON.
+
+Bounded (about 3-4 minutes with the defaults), 127.0.0.1 only, on a fresh embedded database.
+Load comes from wrk (Debian's `wrk` package), a closed loop at -c64. In mode `1p` the server (and
+the embedded PostgreSQL it starts, which inherits the pin) runs on CPU 1 and wrk on CPU 0: a
+per-core figure. In mode `2w` the server runs `--workers 2` unpinned, sharing the cores with wrk.
+
+    make bench
+    make bench BENCH_ARGS='--modes 1p --duration 10 --json bench/results/my-run.json'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BIN = Path(sys.executable).parent
+CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-secret-7c1f0e2b9d4a4e58a3b6"
+USERNAME, PASSWORD = "bench-user", "bench-password-correct-horse"
+AUDIENCE = "https://api.example.com"
+AUTH = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(cpu: str | None) -> list[str]:
+    return ["taskset", "-c", cpu] if cpu and shutil.which("taskset") else []
+
+
+class Server:
+    def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.process = subprocess.Popen(
+            command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def wait_ready(url: str, server: Server, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited early; see {server.log}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout} s; see {server.log}")
+
+
+def post_form(url: str, form: dict[str, str], auth: str | None = AUTH) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode(), method="POST")
+    request.add_header("Content-Type", "application/x-www-form-urlencoded")
+    if auth:
+        request.add_header("Authorization", auth)
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def wrk(url: str, script: str, seconds: float, conns: int, cpu: str | None, threads: int, env: dict[str, str]) -> dict[str, Any]:
+    command = pinned(cpu) + [
+        "wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout=5s",
+        "-s", str(HERE / "wrk" / script), url,
+    ]
+    output = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=seconds + 60)
+    for line in output.stdout.splitlines():
+        if line.startswith("BENCH "):
+            result = json.loads(line[6:])
+            result["errors"] = result["non2xx"] + result["socket_errors"] + result["bad"]
+            return result
+    raise RuntimeError(f"wrk printed no result: {output.stdout[-500:]} {output.stderr[-500:]}")
+
+
+# --- limits measured in-process -----------------------------------------------------------------
+
+
+def ops_per_second(operation: Any, seconds: float = 1.0) -> float:
+    count, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        for _ in range(50):
+            operation()
+        count += 50
+    return count / elapsed
+
+
+def signing_limits(seconds: float) -> dict[str, float]:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from keys.material import generate, signer_from_private_jwk
+
+    made = generate("ES256")
+    signer = signer_from_private_jwk("ES256", made.kid, made.private_jwk_json)
+    raw_key = ec.generate_private_key(ec.SECP256R1())
+    now = int(time.time())
+    claims = {"iss": "http://127.0.0.1:8080", "sub": CLIENT_ID, "aud": AUDIENCE, "exp": now + 300, "iat": now,
+              "nbf": now, "jti": "x" * 22, "client_id": CLIENT_ID, "scope": "api.read"}
+    signing_input = signer.sign(claims).rsplit(".", 1)[0].encode()
+    raw = ops_per_second(lambda: raw_key.sign(signing_input, ec.ECDSA(hashes.SHA256())), seconds)
+    ours = ops_per_second(lambda: signer.sign(claims), seconds)
+    return {"raw_es256_sign_per_s": raw, "tessera_signer_per_s": ours}
+
+
+def argon2_limit() -> dict[str, float]:
+    from server.passwords import SecretHasher
+    from server.settings import load_settings
+
+    profile = load_settings({}).argon2
+    hasher = SecretHasher(profile)
+    stored = hasher.hash_sync(PASSWORD)
+    times = []
+    for _ in range(15):
+        started = time.perf_counter()
+        hasher._hasher.verify(stored, PASSWORD)
+        times.append(time.perf_counter() - started)
+    hasher.close()
+    median = statistics.median(times)
+    return {"argon2_verify_ms": median * 1000, "argon2_verify_per_s": 1 / median,
+            "argon2_profile": f"m={profile.memory_kib}KiB,t={profile.time_cost},p={profile.parallelism}"}
+
+
+def verifier_limits(seconds: float) -> dict[str, float] | None:
+    script = HERE / "bench_verify.py"
+    if not script.exists():
+        return None
+    output = subprocess.run([sys.executable, str(script), "--json", "-"], capture_output=True, text=True, timeout=120)
+    try:
+        return json.loads(output.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+# --- one server's run -----------------------------------------------------------------------------
+
+
+def tessera_env(data_dir: Path, port: int, workers: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    env.update({
+        "TESSERA_DATA_DIR": str(data_dir), "TESSERA_HOST": "127.0.0.1", "TESSERA_PORT": str(port),
+        "TESSERA_ISSUER": f"http://127.0.0.1:{port}", "TESSERA_SIGNING_ALG": "ES256",
+        "TESSERA_ACCESS_TOKEN_TTL": "300", "TESSERA_WORKERS": str(workers),
+    })
+    return env
+
+
+def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> dict[str, Any]:
+    result = subprocess.run([str(BIN / "tessera"), *args, "--json"], input=stdin, env=env,
+                            capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"tessera {' '.join(args)}: {result.stderr.strip()}")
+    return json.loads(result.stdout)
+
+
+def run_tessera(mode: str, endpoints: list[str], args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
+    port = free_port()
+    data_dir = work / f"tessera-{mode}"
+    workers = 2 if mode == "2w" else 1
+    env = tessera_env(data_dir, port, workers)
+    grant_types = "client_credentials,password,refresh_token"
+    base = f"http://127.0.0.1:{port}"
+    server_cpu, wrk_cpu, threads = ("1", "0", 1) if mode == "1p" else (None, None, 2)
+    # Create the client and user before the server starts: the CLI brings the embedded database up.
+    try:
+        cli(env, "clients", "create", CLIENT_ID, "--grant-types", grant_types, "--scopes", "api.read api.write",
+            "--audiences", AUDIENCE, "--secret-stdin", stdin=CLIENT_SECRET)
+    except RuntimeError:
+        cli(env, "clients", "create", CLIENT_ID, "--grant-types", "client_credentials,password", "--scopes",
+            "api.read api.write", "--audiences", AUDIENCE, "--secret-stdin", stdin=CLIENT_SECRET)
+    cli(env, "users", "create", USERNAME, "--password-stdin", stdin=PASSWORD)
+    server = Server(pinned(server_cpu) + [str(BIN / "tessera"), "serve"], env, work / f"tessera-{mode}.log")
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        wait_ready(base + "/readyz", server)
+        login = {"grant_type": "password", "username": USERNAME, "password": PASSWORD, "scope": "api.read"}
+        metadata = json.loads(urllib.request.urlopen(base + "/.well-known/oauth-authorization-server").read())
+        cc_body = "grant_type=client_credentials&scope=api.read"
+        wrk(base + "/token", "form.lua", 3, args.conns, wrk_cpu, threads, {"BODY": cc_body, "AUTH": AUTH})  # warm-up
+        for endpoint in endpoints:
+            if endpoint == "cc":
+                spec = ("/token", "form.lua", {"BODY": cc_body, "AUTH": AUTH})
+            elif endpoint == "password":
+                spec = ("/token", "form.lua", {"BODY": urllib.parse.urlencode(login), "AUTH": AUTH})
+            elif endpoint == "jwks":
+                spec = ("/.well-known/jwks.json", "get.lua", {})
+            elif endpoint == "introspect":
+                if "introspection_endpoint" not in metadata:
+                    continue
+                token = post_form(base + "/token", {"grant_type": "client_credentials"})["access_token"]
+                spec = ("/introspect", "form.lua", {"BODY": "token=" + token, "AUTH": AUTH})
+            elif endpoint == "refresh":
+                first = post_form(base + "/token", login)
+                if "refresh_token" not in first:
+                    continue
+                pool = work / f"tokens-{mode}.txt"
+                # One chain per connection, twice over: the warm-up spends one set, the run the other.
+                tokens = [first["refresh_token"]] + [
+                    post_form(base + "/token", login)["refresh_token"] for _ in range(2 * args.conns + 7)
+                ]
+                for part, seconds in ((tokens[: args.conns + 4], args.warmup), (tokens[args.conns + 4 :], args.duration)):
+                    pool.write_text("\n".join(part) + "\n")
+                    result = wrk(base + "/token", "refresh.lua", seconds, args.conns, wrk_cpu, threads,
+                                 {"TOKENS": str(pool), "THREADS": str(threads), "AUTH": AUTH})
+                results[endpoint] = result
+                continue
+            else:
+                continue
+            path, script, extra = spec
+            wrk(base + path, script, args.warmup, args.conns, wrk_cpu, threads, extra)
+            results[endpoint] = wrk(base + path, script, args.duration, args.conns, wrk_cpu, threads, extra)
+    finally:
+        server.stop()
+    return results
+
+
+def run_hello(mode: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    port = free_port()
+    cpu, wrk_cpu, threads = ("1", "0", 1) if mode == "1p" else (None, None, 2)
+    server = Server(pinned(cpu) + [sys.executable, str(HERE / "hello.py"), "--port", str(port)], dict(os.environ),
+                    work / f"hello-{mode}.log")
+    try:
+        url = f"http://127.0.0.1:{port}/token"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        env = {"BODY": "grant_type=client_credentials&scope=api.read", "AUTH": AUTH}
+        wrk(url, "form.lua", args.warmup, args.conns, wrk_cpu, threads, env)
+        return wrk(url, "form.lua", args.duration, args.conns, wrk_cpu, threads, env)
+    finally:
+        server.stop()
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+LIMIT_OF = {
+    "cc": ("aiohttp hello", "hello"),
+    "jwks": ("aiohttp hello", "hello"),
+    "introspect": ("aiohttp hello", "hello"),
+    "password": ("argon2 verifications/s on the core(s)", "argon2"),
+    "refresh": ("aiohttp hello", "hello"),
+}
+
+
+def report(data: dict[str, Any]) -> str:
+    lines = [
+        f"# Tessera bench: {data['meta']['when']} on {data['meta']['machine']}",
+        "",
+        "| mode | endpoint | req/s | p50 ms | p99 ms | errors | limit | limit value | ratio |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    limits = data["limits"]
+    for mode, results in data["tessera"].items():
+        hello = data["hello"].get(mode, {}).get("rps")
+        cores = 1 if mode == "1p" else 2
+        for endpoint, result in results.items():
+            name, key = LIMIT_OF[endpoint]
+            value = hello if key == "hello" else limits["argon2_verify_per_s"] * cores
+            ratio = f"{result['rps'] / value:.2f}" if value else "-"
+            lines.append(
+                f"| {mode} | {endpoint} | {result['rps']:,.0f} | {result['p50_ms']:.1f} | {result['p99_ms']:.1f} |"
+                f" {result['errors']} | {name} | {value:,.0f} | {ratio} |"
+            )
+        if "cc" in results and mode == "2w" and "cc" in data["tessera"].get("1p", {}):
+            lines.append(f"| 2w/1p | cc | | | | | 1-worker cc | | {results['cc']['rps'] / data['tessera']['1p']['cc']['rps']:.2f} |")
+    lines += [
+        "",
+        f"- raw ES256 signing (cryptography): {limits['raw_es256_sign_per_s']:,.0f}/s; Tessera's signer: "
+        f"{limits['tessera_signer_per_s']:,.0f}/s (ratio {limits['tessera_signer_per_s'] / limits['raw_es256_sign_per_s']:.2f})",
+        f"- argon2id verify at {limits['argon2_profile']}: {limits['argon2_verify_ms']:.1f} ms "
+        f"({limits['argon2_verify_per_s']:.1f}/s per core)",
+    ]
+    verify = data.get("verifier")
+    if verify:
+        lines.append(f"- verifier: {json.dumps(verify)}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", default="1p,2w")
+    parser.add_argument("--endpoints", default="cc,password,refresh,jwks,introspect")
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--conns", type=int, default=64)
+    parser.add_argument("--json", default=str(HERE / "results" / "latest.json"))
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    os.sched_setaffinity(0, {1} if os.cpu_count() and os.cpu_count() > 1 else {0})
+    limits = {**signing_limits(1.0), **argon2_limit()}
+    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    modes = [m for m in args.modes.split(",") if m]
+    endpoints = [e for e in args.endpoints.split(",") if e]
+    data: dict[str, Any] = {
+        "meta": {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine":
+                 f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}",
+                 "args": vars(args)},
+        "limits": limits, "hello": {}, "tessera": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
+        work = Path(tmp)
+        for mode in modes:
+            data["hello"][mode] = run_hello(mode, args, work)
+            data["tessera"][mode] = run_tessera(mode, endpoints, args, work)
+    data["verifier"] = verifier_limits(1.0)
+    text = report(data)
+    print(text)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(data, indent=2))
+    print(f"\nJSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
