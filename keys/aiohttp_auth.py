@@ -50,7 +50,7 @@ _SCOPES_ATTRIBUTE: Final = "__tessera_required_scopes__"
 _B64TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 #: RFC 6750 section 3: characters allowed inside the quoted error_description and scope values
-_NOT_QUOTABLE: Final = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+_NOT_QUOTABLE: Final = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _H = TypeVar("_H", bound=Callable[..., Awaitable[web.StreamResponse]])
@@ -179,7 +179,11 @@ def bearer_auth_middleware(
             return _answer(
                 403,
                 challenge,
-                {"error": "insufficient_scope", "error_description": description, "scope": " ".join(sorted(err.required_scopes))},
+                {
+                    "error": "insufficient_scope",
+                    "error_description": description,
+                    "scope": " ".join(sorted(err.required_scopes)),
+                },
             )
         except JWKSUnavailable:
             response = _answer(503, None, {"error": "temporarily_unavailable"})

@@ -19,6 +19,7 @@ This module knows nothing about tokens: ``get_key`` answers a key or ``None``, o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -217,11 +218,8 @@ def freshness_lifetime(headers: CIMultiDictProxy[str], policy: CachePolicy) -> f
     lifetime = policy.default_max_age
     if "no-store" in directives or "no-cache" in directives:
         lifetime = 0.0
-    elif "max-age" in directives:
-        try:
-            lifetime = float(int(directives["max-age"]))
-        except ValueError:
-            pass
+    elif directives.get("max-age", "").isdigit():
+        lifetime = float(directives["max-age"])
     age = headers.get("Age", "")
     if age.isdigit():  # RFC 9111 section 5.1: time already spent in caches on the way
         lifetime -= int(age)
@@ -327,10 +325,8 @@ class JWKSCache:
         task, self._inflight = self._inflight, None
         if task is not None:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None

@@ -30,6 +30,7 @@ from joserfc.util import urlsafe_b64decode
 from .jwks_cache import ASYMMETRIC_ALGORITHMS, CachePolicy, JWKSCache, KeySetUnavailable
 
 __all__ = [
+    "RFC9068_REQUIRED_CLAIMS",
     "AccessTokenClaims",
     "BadSignature",
     "Expired",
@@ -42,7 +43,6 @@ __all__ = [
     "MalformedToken",
     "MissingClaim",
     "NotYetValid",
-    "RFC9068_REQUIRED_CLAIMS",
     "UnknownKey",
     "UnsupportedAlgorithm",
     "UnsupportedHeader",

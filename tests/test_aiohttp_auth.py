@@ -283,11 +283,16 @@ async def test_example_resource_server_works_end_to_end(issuer: LocalIssuer) -> 
     [
         ({"RESOURCE_AUDIENCE": AUDIENCE}, "TESSERA_ISSUER"),
         ({"TESSERA_ISSUER": "http://127.0.0.1:1"}, "RESOURCE_AUDIENCE"),
-        ({"TESSERA_ISSUER": "http://127.0.0.1:1", "RESOURCE_AUDIENCE": AUDIENCE, "RESOURCE_PORT": "http"}, "RESOURCE_PORT"),
+        (
+            {"TESSERA_ISSUER": "http://127.0.0.1:1", "RESOURCE_AUDIENCE": AUDIENCE, "RESOURCE_PORT": "http"},
+            "RESOURCE_PORT",
+        ),
         ({"TESSERA_ISSUER": "http://127.0.0.1:1", "RESOURCE_AUDIENCE": AUDIENCE, "ALGORITHMS": "HS256"}, "ALGORITHMS"),
     ],
 )
-async def test_example_resource_server_refuses_a_bad_setting_in_one_line(environ: dict[str, str], variable: str) -> None:
+async def test_example_resource_server_refuses_a_bad_setting_in_one_line(
+    environ: dict[str, str], variable: str
+) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TESSERA_", "RESOURCE_", "ALGORITHMS"))}
     process = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -78,7 +78,9 @@ async def test_new_key_is_picked_up_on_unknown_kid_with_one_fetch_for_50_concurr
     assert issuer.jwks_requests == 2
 
 
-async def test_cold_cache_makes_one_fetch_for_50_concurrent_verifications(issuer: LocalIssuer, verifier: Verifier) -> None:
+async def test_cold_cache_makes_one_fetch_for_50_concurrent_verifications(
+    issuer: LocalIssuer, verifier: Verifier
+) -> None:
     token = issuer.issue()
     await asyncio.gather(*(verifier.verify(token) for _ in range(50)))
     assert issuer.jwks_requests == 1
@@ -256,7 +258,9 @@ async def test_after_stale_if_error_expiry_jwks_unavailable_is_raised(
     assert failure.value.code == "jwks_unavailable"
 
 
-async def test_service_resumes_when_the_issuer_returns(issuer: LocalIssuer, verifier: Verifier, clock: ManualClock) -> None:
+async def test_service_resumes_when_the_issuer_returns(
+    issuer: LocalIssuer, verifier: Verifier, clock: ManualClock
+) -> None:
     token = issuer.issue(exp=2_000_000_000)
     await verifier.verify(token)
     await issuer.stop()
@@ -296,7 +300,9 @@ async def test_jwks_unavailable_when_the_issuer_is_down_from_the_start(issuer: L
             await verifier.prefetch()
 
 
-async def test_failing_refresh_keeps_the_stale_set_serving(issuer: LocalIssuer, verifier: Verifier, clock: ManualClock) -> None:
+async def test_failing_refresh_keeps_the_stale_set_serving(
+    issuer: LocalIssuer, verifier: Verifier, clock: ManualClock
+) -> None:
     token = issuer.issue(exp=2_000_000_000)
     await verifier.verify(token)
     issuer.jwks_status = 500

@@ -219,7 +219,10 @@ def test_importing_keys_does_not_import_the_servers_dependencies() -> None:
     import subprocess
     import sys
 
-    code = "import sys, keys, keys.aiohttp_auth; print(sorted(m for m in sys.modules if m.split('.')[0] in ('asyncpg', 'argon2', 'server')))"
+    code = (
+        "import sys, keys, keys.aiohttp_auth\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('asyncpg', 'argon2', 'server')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -318,7 +321,9 @@ async def test_tokens_that_carry_their_own_key_are_rejected_and_nothing_is_fetch
         {"b64": True},
     ],
 )
-async def test_crit_and_b64_headers_are_rejected(issuer: LocalIssuer, verifier: Verifier, extra: dict[str, Any]) -> None:
+async def test_crit_and_b64_headers_are_rejected(
+    issuer: LocalIssuer, verifier: Verifier, extra: dict[str, Any]
+) -> None:
     issuer_key = issuer.keys[issuer.active["ES256"]]
     header = {"typ": "at+jwt", "alg": "ES256", "kid": issuer_key.kid, **extra}
     token = sign_unchecked(header, json.dumps(issuer.claims()).encode(), issuer_key.key, "ES256")
@@ -351,7 +356,9 @@ async def test_token_with_a_tampered_payload_has_a_bad_signature(issuer: LocalIs
 
 
 @pytest.mark.parametrize("alg", ALL_ALGORITHMS)
-async def test_signature_by_another_key_under_a_known_kid_is_bad(issuer: LocalIssuer, verifier: Verifier, alg: str) -> None:
+async def test_signature_by_another_key_under_a_known_kid_is_bad(
+    issuer: LocalIssuer, verifier: Verifier, alg: str
+) -> None:
     async with running_issuer(alg) as attacker:
         attacker_key = attacker.keys[attacker.active[alg]]
         header = {"typ": "at+jwt", "alg": alg, "kid": issuer.active[alg]}
@@ -368,7 +375,9 @@ async def test_truncated_signature_is_bad(issuer: LocalIssuer, verifier: Verifie
         await verifier.verify(token.rsplit(".", 1)[0] + "." + b64url(b"\0" * 64))
 
 
-async def test_token_of_a_key_the_jwks_never_held_is_rejected_after_one_refetch(issuer: LocalIssuer, verifier: Verifier) -> None:
+async def test_token_of_a_key_the_jwks_never_held_is_rejected_after_one_refetch(
+    issuer: LocalIssuer, verifier: Verifier
+) -> None:
     stranger = ECKey.generate_key("P-256")
     stranger.ensure_kid()
     token = sign({"typ": "at+jwt", "alg": "ES256", "kid": stranger.kid}, json.dumps(issuer.claims()).encode(), stranger)
@@ -453,7 +462,9 @@ async def test_infinite_exp_is_an_invalid_claim(issuer: LocalIssuer, verifier: V
         ("auth_time", "yesterday"),
     ],
 )
-async def test_claims_of_the_wrong_type_are_invalid(issuer: LocalIssuer, verifier: Verifier, claim: str, value: Any) -> None:
+async def test_claims_of_the_wrong_type_are_invalid(
+    issuer: LocalIssuer, verifier: Verifier, claim: str, value: Any
+) -> None:
     with pytest.raises(InvalidClaim) as failure:
         await verifier.verify(issuer.issue(**{claim: value}))
     assert failure.value.claim == claim
@@ -505,7 +516,9 @@ async def test_wrong_issuer_is_rejected(issuer: LocalIssuer, verifier: Verifier)
             await verifier.verify(issuer.issue(iss=iss))
 
 
-@pytest.mark.parametrize("aud", ["https://billing.example", ["https://billing.example", "https://x.example"], [], [AUDIENCE + "/"]])
+@pytest.mark.parametrize(
+    "aud", ["https://billing.example", ["https://billing.example", "https://x.example"], [], [AUDIENCE + "/"]]
+)
 async def test_wrong_audience_is_rejected(issuer: LocalIssuer, verifier: Verifier, aud: Any) -> None:
     with pytest.raises(WrongAudience):
         await verifier.verify(issuer.issue(aud=aud))
