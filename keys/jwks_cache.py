@@ -364,10 +364,18 @@ class JWKSCache:
 
     async def _wait_for_fetch(self) -> None:
         task = self._inflight
-        if task is not None:
+        if task is None:
+            return
+        try:
             # shield: one caller giving up (its request was cancelled) must not cancel the fetch
             # the other callers are waiting for.
             await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this caller is being cancelled
+            # the fetch was cancelled under us by close()
+            raise KeySetUnavailable("the key set cache was closed") from None
 
     async def _fetch(self) -> None:
         """The one fetch in flight. Records its outcome; never raises (but for cancellation)."""

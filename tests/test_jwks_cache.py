@@ -347,6 +347,32 @@ async def test_a_slow_issuer_times_out_and_the_stale_set_serves(clock: ManualClo
                     await server.wait_closed()
 
 
+async def test_closing_during_a_fetch_fails_the_waiting_verifications_cleanly() -> None:
+    release = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await release.wait()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        verifier = Verifier(f"http://127.0.0.1:{port}", AUDIENCE)
+        waiting = asyncio.create_task(verifier.verify("eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImsifQ.e30.AA"))
+        while not writers:
+            await asyncio.sleep(0.01)
+        await verifier.close()
+        with pytest.raises(JWKSUnavailable):
+            await waiting
+    finally:
+        release.set()
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(issuer: LocalIssuer, verifier: Verifier) -> None:
     token = issuer.issue()
     first = asyncio.create_task(verifier.verify(token))
