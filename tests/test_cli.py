@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.helpers import basic, post_token
 
@@ -122,8 +125,10 @@ def test_a_bad_setting_stops_the_command_with_one_line(env):
     assert result.stderr == "tessera: TESSERA_ACCESS_TOKEN_TTL: expected a whole number, got 'soon'\n"
 
 
-def test_embedded_database_and_dev_kek_work_without_any_server(tmp_path):
-    data_dir = tmp_path / "data"
+def test_embedded_database_and_dev_kek_work_without_any_server():
+    # Not under pytest's tmp_path: pytest keeps its base directory at mode 0700, which the
+    # unprivileged user that the embedded PostgreSQL runs as (when tests run as root) cannot enter.
+    data_dir = Path(tempfile.mkdtemp(prefix="tessera-cli-")) / "data"
     env = {"TESSERA_DATA_DIR": str(data_dir)}
     created = tessera(env, "clients", "create", "svc", "--grant-types", "client_credentials",
                       "--audiences", "https://a.example", "--json")
@@ -132,3 +137,4 @@ def test_embedded_database_and_dev_kek_work_without_any_server(tmp_path):
     assert (data_dir / "pg" / "PG_VERSION").exists()
     kek = data_dir / "key-encryption-key"
     assert kek.exists() and stat.S_IMODE(kek.stat().st_mode) == 0o600
+    shutil.rmtree(data_dir.parent, ignore_errors=True)
