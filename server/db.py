@@ -14,11 +14,12 @@ import os
 import re
 import secrets
 import base64
+import time
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -76,11 +77,77 @@ def _dev_kek(data_dir: Path) -> bytes:
     return decode_kek(path.read_text(), str(path))
 
 
-async def create_pool(dsn: str, *, size: int, statement_timeout: float) -> asyncpg.Pool:
-    return await asyncpg.create_pool(
+class PoolObserver(Protocol):
+    def pool_acquired(self, seconds: float, found_idle: bool) -> None: ...
+
+    def pool_usage(self, size: int, idle: int, max_size: int) -> None: ...
+
+
+class MeteredPool(asyncpg.Pool):
+    """asyncpg's pool, telling an observer how long each acquire took and how many connections are
+    in use. Only the public ``acquire`` and ``release`` are wrapped; ``fetch`` and friends go
+    through them."""
+
+    __slots__ = ("_observer",)
+
+    def __init__(self, dsn: str, *, observer: PoolObserver | None, **kwargs: Any) -> None:
+        super().__init__(dsn, **kwargs)
+        self._observer = observer
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        inner = super().acquire(timeout=timeout)
+        return inner if self._observer is None else _TimedAcquire(self, self._observer, inner)
+
+    async def release(self, connection: Any, *, timeout: float | None = None) -> None:
+        await super().release(connection, timeout=timeout)
+        if self._observer is not None:
+            self._observer.pool_usage(self.get_size(), self.get_idle_size(), self.get_max_size())
+
+
+class _TimedAcquire:
+    """Usable as ``async with pool.acquire()`` and ``await pool.acquire()``, like asyncpg's own."""
+
+    __slots__ = ("_pool", "_observer", "_inner")
+
+    def __init__(self, pool: MeteredPool, observer: PoolObserver, inner: Any) -> None:
+        self._pool, self._observer, self._inner = pool, observer, inner
+
+    async def _timed(self, acquiring: Awaitable[Any]) -> Any:
+        found_idle = self._pool.get_idle_size() > 0
+        started = time.perf_counter()
+        connection = await acquiring
+        self._observer.pool_acquired(time.perf_counter() - started, found_idle)
+        self._observer.pool_usage(self._pool.get_size(), self._pool.get_idle_size(), self._pool.get_max_size())
+        return connection
+
+    async def __aenter__(self) -> Any:
+        return await self._timed(self._inner.__aenter__())
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._inner.__aexit__(*exc)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._timed(self._inner).__await__()
+
+
+async def create_pool(
+    dsn: str, *, size: int, statement_timeout: float, observer: PoolObserver | None = None
+) -> asyncpg.Pool:
+    """A pool on ``dsn`` as given: asyncpg reads several hosts, ``sslmode``, ``sslrootcert`` and
+    ``target_session_attrs`` from it, as libpq does."""
+    pool = MeteredPool(
         dsn,
+        observer=observer,
+        # asyncpg.create_pool's own defaults; it has no way to name a Pool subclass.
         min_size=1,
         max_size=size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        setup=None,
+        init=None,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         # Bounds every query client-side too, so a database that accepts connections but never
         # answers cannot hang a request past the statement timeout.
         command_timeout=statement_timeout + 1.0,
@@ -91,6 +158,7 @@ async def create_pool(dsn: str, *, size: int, statement_timeout: float) -> async
             "idle_in_transaction_session_timeout": str(int(statement_timeout * 2000)),
         },
     )
+    return await pool
 
 
 def _migrations() -> list[tuple[int, str, str]]:
