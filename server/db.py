@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from server.settings import Settings, decode_kek
+from server.settings import Settings, SettingsError, decode_kek
 
 log = logging.getLogger("tessera.db")
 
@@ -60,7 +60,13 @@ def _start_embedded(pgdata: Path) -> Any:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
         warnings.simplefilter("ignore")
-        import pgserver
+        try:
+            import pgserver
+        except ImportError:
+            # The container image leaves the embedded database out: it always has a real one.
+            raise SettingsError(
+                "TESSERA_DATABASE_URL: required here (the embedded PostgreSQL, pgserver, is not installed)"
+            ) from None
 
         return pgserver.get_server(pgdata, cleanup_mode="stop")
 
@@ -158,7 +164,10 @@ async def create_pool(
             "idle_in_transaction_session_timeout": str(int(statement_timeout * 2000)),
         },
     )
-    return await pool
+    await pool
+    if observer is not None:
+        observer.pool_usage(pool.get_size(), pool.get_idle_size(), pool.get_max_size())
+    return pool
 
 
 def _migrations() -> list[tuple[int, str, str]]:
