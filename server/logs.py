@@ -18,7 +18,7 @@ _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"me
 
 
 _CREDENTIALS = re.compile(
-    r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*"  # a JWS: its header always starts {"
+    r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_.-]*"  # a JWS, whole or cut short: its header always starts {"
     r"|\bts[rc]_[A-Za-z0-9_-]{8,}"  # refresh tokens and client secrets, prefixed for secret scanners
 )
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s\"]*:)[^@\s\"]+@")
