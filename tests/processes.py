@@ -83,12 +83,12 @@ class Processes:
     directory: Path
     started: list[Process] = field(default_factory=list)
 
-    def start(self, name: str, args: Sequence[str], env: dict[str, str]) -> Process:
+    def start(self, name: str, args: Sequence[str], env: dict[str, str], cwd: Path | None = None) -> Process:
         stdout_path = self.directory / f"{name}.stdout"
         stderr_path = self.directory / f"{name}.stderr"
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
             popen = subprocess.Popen(
-                list(args), env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
+                list(args), env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd
             )
         process = Process(name, popen, stdout_path, stderr_path)
         self.started.append(process)

@@ -100,3 +100,17 @@ async def test_a_full_flow_leaves_no_secret_token_or_password_in_the_logs(proces
     assert token_lines and all(r.get("client_id") and r.get("grant_type") for r in token_lines)
     assert [r for r in requests if r["request_id"] == "lb-0123456789abcdef"]
     assert [r for r in requests if r["path"].startswith("/introspect/") and "[redacted]" in r["path"]]
+
+
+def test_a_credential_that_reaches_a_log_line_by_accident_is_masked():
+    import logging
+
+    from server.logs import JsonFormatter
+
+    jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzdmMifQ.c2lnbmF0dXJl"
+    message = f"boom postgresql://tessera:hunter2@db:5432/x tsr_{'a' * 43} {jwt} {jwt[:30]}"
+    record = logging.LogRecord("t", logging.ERROR, __file__, 1, message, None, None)
+    record.path = f"/introspect/{jwt}"
+    line = json.loads(JsonFormatter().format(record))
+    assert "hunter2" not in line["msg"] and "tsr_aaaa" not in line["msg"] and "eyJ" not in line["msg"]
+    assert line["msg"].count("[redacted]") == 4 and line["path"] == "/introspect/[redacted]"
