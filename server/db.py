@@ -89,7 +89,7 @@ class PoolObserver(Protocol):
     def pool_usage(self, size: int, idle: int, max_size: int) -> None: ...
 
 
-class MeteredPool(asyncpg.Pool):
+class MeteredPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no type hints
     """asyncpg's pool, telling an observer how long each acquire took and how many connections are
     in use. Only the public ``acquire`` and ``release`` are wrapped; ``fetch`` and friends go
     through them."""

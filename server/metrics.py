@@ -135,7 +135,7 @@ class Metrics:
     def _render_sync(self) -> bytes:
         if self.multiprocess_dir is not None:
             values = CollectorRegistry(auto_describe=False)
-            MultiProcessCollector(values, path=self.multiprocess_dir)
+            MultiProcessCollector(values, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
         else:
             assert self._values is not None
             values = self._values
@@ -213,7 +213,7 @@ def reset_multiprocess_dir(path: Path) -> None:
 
 def worker_exited(pid: int, path: Path) -> None:
     """Drop a dead worker's live gauges (in flight, pool); its counters stay in the sums."""
-    mark_process_dead(pid, str(path))
+    mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
 
 
 __all__ = ["CONTENT_TYPE", "METRICS", "MULTIPROC_ENV", "Metrics", "bound", "current", "reset_multiprocess_dir", "worker_exited"]

@@ -131,9 +131,9 @@ async def error_middleware(
     finally:
         series.in_flight.dec()
     seconds = time.perf_counter() - started
-    error = fields.get("error")
+    code = fields.get("error")
     method = request.method if request.method in _METHODS else "other"
-    series.request_done(_endpoint(request), method, response.status, seconds, str(error) if error else None)
+    series.request_done(_endpoint(request), method, response.status, seconds, str(code) if code else None)
     response.headers["X-Request-Id"] = request_id
     log.info(
         "request",

@@ -158,7 +158,6 @@ class Supervisor:
 
     def run(self) -> int:
         settings = self.settings
-        ensure_port_free(settings.host, settings.port)
         with db.open_database(settings) as database:
             asyncio.run(self._prepare(database))
             worker_settings = dataclasses.replace(

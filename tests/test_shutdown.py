@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
+from joserfc.jwk import KeySet
 
 from tests.helpers import basic, verify_with_joserfc
 from tests.processes import free_port, processes, wait_until_ready  # noqa: F401
-from joserfc.jwk import KeySet
 
 SECRET = "s3cret-s3cret-s3cret"
 PASSWORD = "correct horse battery staple"

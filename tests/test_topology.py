@@ -168,9 +168,8 @@ async def key_rotation_keeps_tokens_verifiable(topo: Topology, http: aiohttp.Cli
 async def metrics_are_not_published_by_the_balancer(topo: Topology, http: aiohttp.ClientSession) -> None:
     async with http.get(f"{topo.lb}/metrics") as response:
         assert response.status == 404
-    # ...but each instance answers them directly, and both instances took part in the flow.
-    used = {line["upstream"] for line in topo.access_log() if line["uri"] == "/token"}
-    assert len(used) >= 1
+    async with http.get(f"http://127.0.0.1:{topo.ports[0]}/metrics") as response:
+        assert response.status == 200  # Prometheus scrapes each instance directly
 
 
 Step = Callable[[Topology, aiohttp.ClientSession], Awaitable[None]]
