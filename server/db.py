@@ -84,30 +84,36 @@ def _dev_kek(data_dir: Path) -> bytes:
 
 
 class PoolObserver(Protocol):
-    def pool_acquired(self, seconds: float, found_idle: bool) -> None: ...
+    def pool_opened(self, max_size: int) -> None: ...
 
-    def pool_usage(self, size: int, idle: int, max_size: int) -> None: ...
+    def pool_acquired(self, seconds: float, exhausted: bool) -> None: ...
+
+    def pool_released(self) -> None: ...
 
 
 class MeteredPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no type hints
-    """asyncpg's pool, telling an observer how long each acquire took and how many connections are
-    in use. Only the public ``acquire`` and ``release`` are wrapped; ``fetch`` and friends go
-    through them."""
+    """asyncpg's pool, telling an observer how long each acquire took and whether every connection
+    was in use. Only the public ``acquire`` and ``release`` are wrapped (``fetch`` and friends go
+    through them); connections in use are counted here, not by walking the pool on each call."""
 
-    __slots__ = ("_observer",)
+    __slots__ = ("_observer", "_in_use")
 
     def __init__(self, dsn: str, *, observer: PoolObserver | None, **kwargs: Any) -> None:
         super().__init__(dsn, **kwargs)
         self._observer = observer
+        self._in_use = 0
 
     def acquire(self, *, timeout: float | None = None) -> Any:
         inner = super().acquire(timeout=timeout)
         return inner if self._observer is None else _TimedAcquire(self, self._observer, inner)
 
     async def release(self, connection: Any, *, timeout: float | None = None) -> None:
-        await super().release(connection, timeout=timeout)
-        if self._observer is not None:
-            self._observer.pool_usage(self.get_size(), self.get_idle_size(), self.get_max_size())
+        try:
+            await super().release(connection, timeout=timeout)
+        finally:
+            if self._observer is not None:
+                self._in_use -= 1
+                self._observer.pool_released()
 
 
 class _TimedAcquire:
@@ -119,11 +125,11 @@ class _TimedAcquire:
         self._pool, self._observer, self._inner = pool, observer, inner
 
     async def _timed(self, acquiring: Awaitable[Any]) -> Any:
-        found_idle = self._pool.get_idle_size() > 0
+        exhausted = self._pool._in_use >= self._pool.get_max_size()
         started = time.perf_counter()
         connection = await acquiring
-        self._observer.pool_acquired(time.perf_counter() - started, found_idle)
-        self._observer.pool_usage(self._pool.get_size(), self._pool.get_idle_size(), self._pool.get_max_size())
+        self._pool._in_use += 1
+        self._observer.pool_acquired(time.perf_counter() - started, exhausted)
         return connection
 
     async def __aenter__(self) -> Any:
@@ -166,7 +172,7 @@ async def create_pool(
     )
     await pool
     if observer is not None:
-        observer.pool_usage(pool.get_size(), pool.get_idle_size(), pool.get_max_size())
+        observer.pool_opened(size)
     return pool
 
 

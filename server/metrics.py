@@ -92,16 +92,14 @@ class Metrics:
             ("endpoint", "method"), registry=values, buckets=LATENCY_BUCKETS,
         )
         self.in_flight = gauge("tessera_http_requests_in_flight", "HTTP requests being handled now")
-        self.pool_connections = gauge(
-            "tessera_db_pool_connections", "Database connections held by the pools, in use or idle", ("state",)
-        )
+        self.pool_in_use = gauge("tessera_db_pool_connections_in_use", "Database connections lent to requests now")
         self.pool_max = gauge("tessera_db_pool_max_connections", "Largest size the pools may grow to")
         self.pool_acquire_seconds = Histogram(
             "tessera_db_pool_acquire_seconds", "Time a request waited to get a database connection",
             registry=values, buckets=ACQUIRE_BUCKETS,
         )
         self.pool_waits = counter(
-            "tessera_db_pool_waits", "Connection acquisitions that found no idle connection in the pool"
+            "tessera_db_pool_waits", "Connection acquisitions that found every connection of the pool in use"
         )
 
     @classmethod
@@ -117,15 +115,17 @@ class Metrics:
         if error is not None:
             self.oauth_errors.labels(endpoint, error).inc()
 
-    def pool_acquired(self, seconds: float, found_idle: bool) -> None:
+    def pool_opened(self, max_size: int) -> None:
+        self.pool_max.set(max_size)
+
+    def pool_acquired(self, seconds: float, exhausted: bool) -> None:
+        self.pool_in_use.inc()
         self.pool_acquire_seconds.observe(seconds)
-        if not found_idle:
+        if exhausted:
             self.pool_waits.inc()
 
-    def pool_usage(self, size: int, idle: int, max_size: int) -> None:
-        self.pool_connections.labels("in_use").set(size - idle)
-        self.pool_connections.labels("idle").set(idle)
-        self.pool_max.set(max_size)
+    def pool_released(self) -> None:
+        self.pool_in_use.dec()
 
     def watch_keyring(self, keyring: Keyring, clock: Callable[[], float]) -> None:
         self._live.register(KeyAgeCollector(keyring, clock))

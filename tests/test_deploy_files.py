@@ -65,7 +65,9 @@ def test_compose_gives_postgres_two_instances_a_balancer_and_the_resource_server
     assert {p["published"] for p in lb["ports"]} == {"8080"}
     resource = services["resource-server"]
     assert resource["entrypoint"] == ["python", "deploy/resource_server.py"]
-    assert {"TESSERA_ISSUER", "RESOURCE_AUDIENCE", "RESOURCE_PORT"} <= set(resource["environment"])
+    assert {"TESSERA_ISSUER", "TESSERA_JWKS_URL", "RESOURCE_AUDIENCE", "RESOURCE_HOST", "RESOURCE_PORT"} <= set(resource["environment"])
+    assert resource["environment"]["TESSERA_JWKS_URL"] == "http://lb:8080/.well-known/jwks.json"
+    assert "/health" in " ".join(resource["healthcheck"]["test"])
     assert {Path(s["file"]).parent for s in compose_config["secrets"].values()} == {DEPLOY / "secrets"}
 
 

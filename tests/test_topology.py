@@ -129,9 +129,9 @@ async def client_credentials_token_verifies_against_the_jwks(topo: Topology, htt
 
 async def resource_server_accepts_the_token(topo: Topology, http: aiohttp.ClientSession) -> None:
     # MERGE: deploy/resource_server.py (the offline-verifier branch) belongs here: start it with
-    # TESSERA_ISSUER=topo.lb, RESOURCE_JWKS_URL=f"{topo.lb}/.well-known/jwks.json",
-    # RESOURCE_AUDIENCE=AUDIENCE and RESOURCE_PORT=free_port() through topo.processes, then call it
-    # with topo.state["access_token"] (200) and with a tampered token (401).
+    # TESSERA_ISSUER=topo.lb, TESSERA_JWKS_URL=f"{topo.lb}/.well-known/jwks.json",
+    # RESOURCE_AUDIENCE=AUDIENCE, RESOURCE_PORT=free_port() through topo.processes, wait for its
+    # /health, then GET /me with topo.state["access_token"] (200) and with a tampered token (401).
     if not (DEPLOY / "resource_server.py").exists():
         return
 
