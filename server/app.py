@@ -8,12 +8,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
+import asyncpg
 from aiohttp import web
 
 from keys.keyring import Keyring
-from server import db
+from server import db, metrics
 from server.client_auth import ClientAuthenticator, VerifiedSecretCache
 from server.grants import GrantServices, default_grants
+from server.metrics import METRICS, Metrics
 from server.middleware import error_middleware, security_headers
 from server.passwords import SecretHasher
 from server.services import SERVICES, Services
@@ -32,33 +34,46 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         handler_args={"max_line_size": 8190, "max_field_size": 8190},
     )
     app.on_response_prepare.append(security_headers)
+    app[METRICS] = Metrics.for_this_process()
     add_routes(app)
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_services(settings, clock) as services:
-            app[SERVICES] = services
-            yield
-            services.shutting_down = True
+        with metrics.bound(app[METRICS]):
+            async with open_services(settings, clock, app[METRICS]) as services:
+                app[SERVICES] = services
+                yield
+                services.shutting_down = True
 
     app.cleanup_ctx.append(services_ctx)
     return app
 
 
+async def prepare_database(pool: asyncpg.Pool, kek: bytes, signing_alg: str) -> Keyring:
+    """Migrate and make the first keys: idempotent, so instances starting together are safe."""
+    async with pool.acquire() as connection:
+        await db.migrate(connection)
+    keyring = Keyring(PgKeyStore(pool), kek)
+    await keyring.ensure_initial_keys(signing_alg)
+    return keyring
+
+
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings, clock: Callable[[], float]) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, clock: Callable[[], float], series: Metrics | None = None
+) -> AsyncIterator[Services]:
     loop = asyncio.get_running_loop()
     with contextlib.ExitStack() as stack:
         # Starting the embedded PostgreSQL blocks for a moment; do it off the loop.
         database = await loop.run_in_executor(None, stack.enter_context, db.open_database(settings))
         pool = await db.create_pool(
-            database.dsn, size=settings.db_pool_size, statement_timeout=settings.db_statement_timeout
+            database.dsn, size=settings.db_pool_size, statement_timeout=settings.db_statement_timeout,
+            observer=series,
         )
         try:
-            async with pool.acquire() as connection:
-                await db.migrate(connection)
-            keyring = Keyring(PgKeyStore(pool), database.kek)
-            await keyring.ensure_initial_keys(settings.signing_alg)
+            keyring = await prepare_database(pool, database.kek, settings.signing_alg)
             await keyring.refresh()
+            if series is not None:
+                series.watch_keyring(keyring, clock)
             hasher = SecretHasher(settings.argon2)
             await hasher.warm_up()
             clients, users = ClientStore(pool), UserStore(pool)

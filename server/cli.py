@@ -383,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(str(exc), 2)
     except CommandError as exc:
         fail(str(exc))
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.TargetServerAttributeNotMatched) as exc:
         fail(f"database error: {type(exc).__name__}: {exc}")
     except KeyboardInterrupt:
         return 130

@@ -14,15 +14,16 @@ import os
 import re
 import secrets
 import base64
+import time
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
-from server.settings import Settings, decode_kek
+from server.settings import Settings, SettingsError, decode_kek
 
 log = logging.getLogger("tessera.db")
 
@@ -59,7 +60,13 @@ def _start_embedded(pgdata: Path) -> Any:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
         warnings.simplefilter("ignore")
-        import pgserver
+        try:
+            import pgserver
+        except ImportError:
+            # The container image leaves the embedded database out: it always has a real one.
+            raise SettingsError(
+                "TESSERA_DATABASE_URL: required here (the embedded PostgreSQL, pgserver, is not installed)"
+            ) from None
 
         return pgserver.get_server(pgdata, cleanup_mode="stop")
 
@@ -85,12 +92,84 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(dsn: str, *, size: int, statement_timeout: float) -> asyncpg.Pool:
-    return await asyncpg.create_pool(
+class PoolObserver(Protocol):
+    def pool_opened(self, max_size: int) -> None: ...
+
+    def pool_acquired(self, seconds: float, exhausted: bool) -> None: ...
+
+    def pool_released(self) -> None: ...
+
+
+class MeteredPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no type hints
+    """asyncpg's pool, telling an observer how long each acquire took and whether every connection
+    was in use. Only the public ``acquire`` and ``release`` are wrapped (``fetch`` and friends go
+    through them); connections in use are counted here, not by walking the pool on each call."""
+
+    __slots__ = ("_observer", "_in_use")
+
+    def __init__(self, dsn: str, *, observer: PoolObserver | None, **kwargs: Any) -> None:
+        super().__init__(dsn, **kwargs)
+        self._observer = observer
+        self._in_use = 0
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        inner = super().acquire(timeout=timeout)
+        return inner if self._observer is None else _TimedAcquire(self, self._observer, inner)
+
+    async def release(self, connection: Any, *, timeout: float | None = None) -> None:
+        try:
+            await super().release(connection, timeout=timeout)
+        finally:
+            if self._observer is not None:
+                self._in_use -= 1
+                self._observer.pool_released()
+
+
+class _TimedAcquire:
+    """Usable as ``async with pool.acquire()`` and ``await pool.acquire()``, like asyncpg's own."""
+
+    __slots__ = ("_pool", "_observer", "_inner")
+
+    def __init__(self, pool: MeteredPool, observer: PoolObserver, inner: Any) -> None:
+        self._pool, self._observer, self._inner = pool, observer, inner
+
+    async def _timed(self, acquiring: Awaitable[Any]) -> Any:
+        exhausted = self._pool._in_use >= self._pool.get_max_size()
+        started = time.perf_counter()
+        connection = await acquiring
+        self._pool._in_use += 1
+        self._observer.pool_acquired(time.perf_counter() - started, exhausted)
+        return connection
+
+    async def __aenter__(self) -> Any:
+        return await self._timed(self._inner.__aenter__())
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._inner.__aexit__(*exc)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._timed(self._inner).__await__()
+
+
+async def create_pool(
+    dsn: str, *, size: int, statement_timeout: float, observer: PoolObserver | None = None
+) -> asyncpg.Pool:
+    """A pool on ``dsn`` as given: asyncpg reads several hosts, ``sslmode``, ``sslrootcert`` and
+    ``target_session_attrs`` from it, as libpq does."""
+    pool = MeteredPool(
         dsn,
-        reset=_keep_session,
+        observer=observer,
+        # asyncpg.create_pool's own defaults; it has no way to name a Pool subclass.
         min_size=1,
         max_size=size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        setup=None,
+        init=None,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        reset=_keep_session,
         # Bounds every query client-side too, so a database that accepts connections but never
         # answers cannot hang a request past the statement timeout.
         command_timeout=statement_timeout + 1.0,
@@ -101,6 +180,10 @@ async def create_pool(dsn: str, *, size: int, statement_timeout: float) -> async
             "idle_in_transaction_session_timeout": str(int(statement_timeout * 2000)),
         },
     )
+    await pool
+    if observer is not None:
+        observer.pool_opened(size)
+    return pool
 
 
 def _migrations() -> list[tuple[int, str, str]]:

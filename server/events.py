@@ -9,24 +9,34 @@ from __future__ import annotations
 
 import logging
 
+from server import metrics
+
 security_log = logging.getLogger("tessera.security")
 log = logging.getLogger("tessera.events")
 
 
 def token_issued(grant_type: str, client_id: str) -> None:
     """An access token was issued by ``grant_type`` to ``client_id``."""
+    if (series := metrics.current()) is not None:
+        series.tokens_issued.labels(grant_type, client_id).inc()
 
 
 def refresh_rotated(client_id: str) -> None:
     """A refresh token was rotated (a successful refresh_token grant)."""
+    if (series := metrics.current()) is not None:
+        series.refresh_rotations.labels(client_id).inc()
 
 
 def refresh_retry_answered(client_id: str) -> None:
     """A retry inside the reuse grace was answered with the same successor."""
+    if (series := metrics.current()) is not None:
+        series.refresh_retries.labels(client_id).inc()
 
 
 def refresh_reuse_detected(*, family_id: str, client_id: str, user_id: str, remote: str | None) -> None:
     """A spent refresh token was presented again: its family is revoked (RFC 9700 section 4.14.2)."""
+    if (series := metrics.current()) is not None:
+        series.refresh_reuse.labels(client_id).inc()
     security_log.warning(
         "refresh token reuse detected; family revoked",
         extra={"event": "refresh_reuse", "family_id": family_id, "client_id": client_id, "user_id": user_id,
@@ -37,16 +47,24 @@ def refresh_reuse_detected(*, family_id: str, client_id: str, user_id: str, remo
 def families_revoked(reason: str, count: int) -> None:
     """``count`` refresh-token families were revoked for ``reason`` (reuse, logout, user_disabled, ...)."""
     if count:
+        if (series := metrics.current()) is not None:
+            series.families_revoked.labels(reason).inc(count)
         log.info("refresh families revoked", extra={"event": "families_revoked", "reason": reason, "count": count})
 
 
 def key_rotated(new_kid: str, retired_kid: str | None) -> None:
+    if (series := metrics.current()) is not None:
+        series.key_rotations.inc()
     log.info("signing key rotated", extra={"event": "key_rotated", "kid": new_kid, "retired_kid": retired_kid})
 
 
 def key_revoked(kid: str) -> None:
+    if (series := metrics.current()) is not None:
+        series.key_revocations.inc()
     security_log.warning("signing key revoked", extra={"event": "key_revoked", "kid": kid})
 
 
 def login_failed(kind: str, subject: str, remote: str | None) -> None:
     """A failed password login (kind "user") or client authentication (kind "client")."""
+    if (series := metrics.current()) is not None:
+        series.login_failures.labels(kind).inc()  # never the subject: usernames are unbounded input

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ import asyncpg
 from aiohttp import web
 
 from server.errors import MethodNotAllowed, NotFound, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
+from server.metrics import METRICS
 
 log = logging.getLogger("tessera.http")
 
@@ -38,6 +40,26 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+# A request id set by the load balancer (nginx's $request_id) is kept, so one id follows the request
+# through both logs; anything else is replaced, so a caller cannot write into the log line.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_LOGGED_PATH_MAX = 200
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID.match(given) else secrets.token_hex(16)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _endpoint(request: web.Request) -> str:
+    """The route that answered, as a metric label: never the raw path, so random paths cannot
+    make new series."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -80,9 +102,11 @@ async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     started = time.perf_counter()
-    request_id = secrets.token_hex(8)
+    request_id = _request_id(request)
     fields: dict[str, object] = {}
     request[LOG_FIELDS] = fields
+    series = request.app[METRICS]
+    series.in_flight.inc()
     try:
         response = await handler(request)
     except OAuthError as exc:
@@ -102,17 +126,23 @@ async def error_middleware(
         raise
     except Exception:
         fields["error"] = "server_error"
-        log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
+        log.exception("unhandled error", extra={"request_id": request_id, "path": request.path[:_LOGGED_PATH_MAX]})
         response = error_response(ServerError("internal error"))
+    finally:
+        series.in_flight.dec()
+    seconds = time.perf_counter() - started
+    code = fields.get("error")
+    method = request.method if request.method in _METHODS else "other"
+    series.request_done(_endpoint(request), method, response.status, seconds, str(code) if code else None)
     response.headers["X-Request-Id"] = request_id
     log.info(
         "request",
         extra={
             "request_id": request_id,
             "method": request.method,
-            "path": request.path,
+            "path": request.path[:_LOGGED_PATH_MAX],
             "status": response.status,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "duration_ms": round(seconds * 1000, 2),
             "remote": request.remote,
             **fields,
         },

@@ -12,7 +12,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 SIGNING_ALGORITHMS = ("ES256", "ES384", "EdDSA", "RS256", "PS256")
 
@@ -48,6 +48,7 @@ class Settings:
     workers: int
     login_max_failures: int
     shutdown_timeout: float
+    shutdown_delay: float
     db_pool_size: int
     db_statement_timeout: float
     argon2: Argon2Profile
@@ -103,21 +104,51 @@ def decode_kek(raw: str, name: str) -> bytes:
     return key
 
 
-def _kek(env: Mapping[str, str]) -> bytes | None:
-    inline = _text(env, "TESSERA_KEY_ENCRYPTION_KEY", None)
-    path = _text(env, "TESSERA_KEY_ENCRYPTION_KEY_FILE", None)
+def _inline_or_file(env: Mapping[str, str], name: str) -> tuple[str, str] | None:
+    """``NAME`` or ``NAME_FILE`` (the Docker and Kubernetes way of handing over a secret), never both.
+
+    Returns the value and the variable that supplied it, for error messages.
+    """
+    inline = _text(env, name, None)
+    path = _text(env, name + "_FILE", None)
     if inline and path:
-        raise SettingsError(
-            "TESSERA_KEY_ENCRYPTION_KEY: set either it or TESSERA_KEY_ENCRYPTION_KEY_FILE, not both"
-        )
+        raise SettingsError(f"{name}: set either it or {name}_FILE, not both")
     if path:
         try:
-            return decode_kek(Path(path).read_text(), "TESSERA_KEY_ENCRYPTION_KEY_FILE")
+            return Path(path).read_text().strip(), name + "_FILE"
         except OSError as exc:
-            raise SettingsError(f"TESSERA_KEY_ENCRYPTION_KEY_FILE: cannot read {path}: {exc.strerror}") from None
+            raise SettingsError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
     if inline:
-        return decode_kek(inline, "TESSERA_KEY_ENCRYPTION_KEY")
+        return inline, name
     return None
+
+
+def _kek(env: Mapping[str, str]) -> bytes | None:
+    found = _inline_or_file(env, "TESSERA_KEY_ENCRYPTION_KEY")
+    return decode_kek(found[0], found[1]) if found else None
+
+
+# What asyncpg accepts; checked here so that a typo stops the start with one line, not a traceback
+# at the first connection.
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_SESSION_ATTRS = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    """A postgresql:// DSN, passed to asyncpg as it is: several hosts (``h1:5432,h2:5432``),
+    ``sslmode``, ``sslrootcert``, ``target_session_attrs`` and the rest of libpq's parameters."""
+    found = _inline_or_file(env, "TESSERA_DATABASE_URL")
+    if found is None:
+        return None
+    url, name = found
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError(f"{name}: must be a postgresql:// URL")
+    query = parse_qs(urlsplit(url).query)
+    for parameter, allowed in (("sslmode", _SSLMODES), ("target_session_attrs", _SESSION_ATTRS)):
+        for value in query.get(parameter, []):
+            if value not in allowed:
+                raise SettingsError(f"{name}: {parameter} must be one of {', '.join(allowed)}")
+    return url
 
 
 def _issuer(raw: str) -> str:
@@ -143,9 +174,7 @@ def load_settings(
         if overrides.get(key) is not None:
             env[name] = str(overrides[key])
 
-    database_url = _text(env, "TESSERA_DATABASE_URL", None)
-    if database_url is not None and not database_url.startswith(("postgresql://", "postgres://")):
-        raise SettingsError("TESSERA_DATABASE_URL: must be a postgresql:// URL")
+    database_url = _database_url(env)
     data_dir = Path(_text(env, "TESSERA_DATA_DIR", "./.tessera") or "./.tessera").expanduser().absolute()
     host = _text(env, "TESSERA_HOST", "127.0.0.1") or "127.0.0.1"
     port = _int(env, "TESSERA_PORT", 8080, 0, 65535)
@@ -170,8 +199,12 @@ def load_settings(
             "(32 random bytes, base64url; or TESSERA_KEY_ENCRYPTION_KEY_FILE)"
         )
     workers = _int(env, "TESSERA_WORKERS", 1, 1, 64)
+    if workers > 1 and port == 0:
+        # Each worker binds the port itself (SO_REUSEPORT); "any free port" would give each another.
+        raise SettingsError("TESSERA_WORKERS: several workers need a fixed TESSERA_PORT, not 0")
     max_failures = _int(env, "TESSERA_LOGIN_MAX_FAILURES", 10, 1, 1_000_000)
     shutdown = _float(env, "TESSERA_SHUTDOWN_TIMEOUT", 10.0, 0.0, 3600.0)
+    shutdown_delay = _float(env, "TESSERA_SHUTDOWN_DELAY", 0.0, 0.0, 300.0)
     pool = _int(env, "TESSERA_DB_POOL_SIZE", 10, 1, 500)
     statement_timeout = _float(env, "TESSERA_DB_STATEMENT_TIMEOUT", 5.0, 0.1, 600.0)
     # OWASP's argon2id profile (m=19 MiB, t=2, p=1): tens of milliseconds per login on one core.
@@ -198,6 +231,7 @@ def load_settings(
         workers=workers,
         login_max_failures=max_failures,
         shutdown_timeout=shutdown,
+        shutdown_delay=shutdown_delay,
         db_pool_size=pool,
         db_statement_timeout=statement_timeout,
         argon2=argon2,

@@ -8,9 +8,11 @@ import json
 
 from aiohttp import web
 
+from server import events
 from server.errors import InvalidRequest, UnauthorizedClient, UnsupportedGrantType
 from server.forms import read_form
 from server.grants import TokenRequest
+from server.metrics import CONTENT_TYPE, METRICS
 from server.middleware import LOG_FIELDS, NO_STORE, json_response
 from server.services import SERVICES
 
@@ -39,7 +41,9 @@ async def token(request: web.Request) -> web.Response:
         raise UnauthorizedClient("this client may not use this grant type")
     context = TokenRequest(form, client, request.remote, services.grant_services)
     validated = await grant.validate(context)
-    return json_response(await grant.issue(context, validated))
+    body = await grant.issue(context, validated)
+    events.token_issued(grant_type, client.client_id)
+    return json_response(body)
 
 
 async def jwks(request: web.Request) -> web.Response:
@@ -90,6 +94,12 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready"})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; with several workers, the sum over all of them."""
+    body = await request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
+
+
 def metadata_document(issuer: str, grant_types: list[str], extra: dict[str, object]) -> bytes:
     document: dict[str, object] = {
         "issuer": issuer,
@@ -111,6 +121,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/.well-known/openid-configuration", metadata)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
 
 
 __all__ = ["NO_STORE", "add_routes", "metadata_document"]

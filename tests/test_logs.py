@@ -1,0 +1,116 @@
+"""Logs: one JSON object per line on stderr, one line per request with the fields an operator
+searches by, and never a secret, token, password or private key, even when a caller puts one
+where it does not belong."""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from keys import kek as kek_box
+from server.settings import decode_kek
+from tests.helpers import basic
+from tests.processes import cli, free_port, processes, wait_until_ready  # noqa: F401
+
+DB_PASSWORD = "db-pa55word-that-must-not-leak"
+ALICE_PASSWORD = "alice's correct horse battery staple"
+WRONG_PASSWORD = "alice's wrong horse battery staple"
+WRONG_SECRET = "tsc_this-is-not-the-secret-of-svc-at-all"
+
+
+def with_password(url: str, password: str) -> str:
+    """The same DSN with a password (trust authentication ignores it; the logs must too)."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, f"{parts.username}:{password}@{hosts}", parts.path, parts.query, parts.fragment))
+
+
+async def test_a_full_flow_leaves_no_secret_token_or_password_in_the_logs(processes, env, db_conn):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**env, "TESSERA_PORT": str(port), "TESSERA_DATABASE_URL": with_password(env["TESSERA_DATABASE_URL"], DB_PASSWORD)}
+    server = processes.serve("tessera", env)
+    await wait_until_ready(f"{base}/readyz", server)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/.well-known/oauth-authorization-server") as response:
+            grants = (await response.json())["grant_types_supported"]
+    user_grants = "password,refresh_token" if "refresh_token" in grants else "password"
+
+    commands = [
+        cli(env, "clients", "create", "svc", "--grant-types", "client_credentials", "--scopes", "read",
+            "--audiences", "https://orders.example", "--json"),
+        cli(env, "clients", "create", "web", "--grant-types", user_grants, "--scopes", "profile",
+            "--audiences", "https://api.example", "--json"),
+        cli(env, "users", "create", "alice", "--password-stdin", "--json", stdin=ALICE_PASSWORD + "\n"),
+    ]
+    assert [c.returncode for c in commands] == [0, 0, 0], [c.stderr for c in commands]
+    svc_secret = json.loads(commands[0].stdout)["client_secret"]
+    web_secret = json.loads(commands[1].stdout)["client_secret"]
+    secrets = {svc_secret, web_secret, ALICE_PASSWORD, WRONG_PASSWORD, WRONG_SECRET, DB_PASSWORD}
+    secrets.add(env["TESSERA_KEY_ENCRYPTION_KEY"])
+
+    async def token(form: dict[str, str], headers: dict[str, str] | None = None) -> dict:  # type: ignore[type-arg]
+        async with http.post(f"{base}/token", data=form, headers=headers or {}) as response:
+            body = await response.json(content_type=None)
+            for name in ("access_token", "refresh_token"):
+                if name in body:
+                    secrets.add(body[name])
+                    secrets.add(body[name].rsplit(".", 1)[-1])  # a JWS's signature alone is enough to look for
+            return body
+
+    login = {"grant_type": "password", "username": "alice", "password": ALICE_PASSWORD}
+    async with aiohttp.ClientSession() as http:
+        cc = await token({"grant_type": "client_credentials"}, basic("svc", svc_secret))
+        await token({"grant_type": "client_credentials", "client_id": "svc", "client_secret": svc_secret})
+        user = await token(login, basic("web", web_secret))
+        assert "access_token" in cc and "access_token" in user
+        assert (await token({**login, "password": WRONG_PASSWORD}, basic("web", web_secret)))["error"] == "invalid_grant"
+        assert (await token({"grant_type": "client_credentials"}, basic("svc", WRONG_SECRET)))["error"] == "invalid_client"
+        if "refresh_token" in user:  # the refresh-token feature: rotate, then replay the spent token
+            rotated = await token({"grant_type": "refresh_token", "refresh_token": user["refresh_token"]}, basic("web", web_secret))
+            assert "refresh_token" in rotated
+            replay = await token({"grant_type": "refresh_token", "refresh_token": user["refresh_token"]}, basic("web", web_secret))
+            assert replay["error"] == "invalid_grant"
+        # Credentials where they do not belong: in a path, in a query string, in a header.
+        async with http.get(f"{base}/introspect/{cc['access_token']}") as response:
+            assert response.status in (404, 405)
+        async with http.get(f"{base}/healthz?access_token={cc['access_token']}&password={ALICE_PASSWORD}") as response:
+            assert response.status == 200
+        async with http.get(f"{base}/.well-known/jwks.json", headers={"Authorization": f"Bearer {cc['access_token']}"}):
+            pass
+        async with http.get(f"{base}/healthz", headers={"X-Request-Id": "lb-0123456789abcdef"}) as response:
+            assert response.headers["X-Request-Id"] == "lb-0123456789abcdef"
+    assert server.stop() == 0
+
+    for row in await db_conn.fetch("SELECT kid, private_sealed FROM signing_keys"):
+        private = json.loads(kek_box.unseal(decode_kek(env["TESSERA_KEY_ENCRYPTION_KEY"], "kek"), row["private_sealed"], row["kid"].encode()))
+        secrets.add(private["d"])
+    secrets.add(base64.urlsafe_b64encode(decode_kek(env["TESSERA_KEY_ENCRYPTION_KEY"], "kek")).decode().rstrip("="))
+
+    logs = server.stderr() + "".join(c.stderr for c in commands)
+    assert [s for s in secrets if s in logs] == []
+
+    lines = server.log_lines()  # each line is one JSON object
+    requests = [line for line in lines if line.get("msg") == "request"]
+    assert all({"request_id", "method", "path", "status", "duration_ms", "remote"} <= set(r) for r in requests)
+    token_lines = [r for r in requests if r["path"] == "/token" and r["status"] == 200]
+    assert token_lines and all(r.get("client_id") and r.get("grant_type") for r in token_lines)
+    assert [r for r in requests if r["request_id"] == "lb-0123456789abcdef"]
+    assert [r for r in requests if r["path"].startswith("/introspect/") and "[redacted]" in r["path"]]
+
+
+def test_a_credential_that_reaches_a_log_line_by_accident_is_masked():
+    import logging
+
+    from server.logs import JsonFormatter
+
+    jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzdmMifQ.c2lnbmF0dXJl"
+    message = f"boom postgresql://tessera:hunter2@db:5432/x tsr_{'a' * 43} {jwt} {jwt[:30]}"
+    record = logging.LogRecord("t", logging.ERROR, __file__, 1, message, None, None)
+    record.path = f"/introspect/{jwt}"
+    line = json.loads(JsonFormatter().format(record))
+    assert "hunter2" not in line["msg"] and "tsr_aaaa" not in line["msg"] and "eyJ" not in line["msg"]
+    assert line["msg"].count("[redacted]") == 4 and line["path"] == "/introspect/[redacted]"
