@@ -46,6 +46,8 @@ _TOKEN = re.compile(r"^tsr_[A-Za-z0-9_-]{70}$")
 # refused, nothing is revoked). At one refresh a minute that is 69 days of rotations; the walk
 # costs about 1.6 microseconds per generation.
 MAX_CHAIN_WALK = 100_000
+# The generation column is a PostgreSQL integer; a token past this has no successor to store.
+MAX_GENERATION = 2**31 - 2
 # Longer walks run in a thread so a forged token naming a long-lived family cannot stall the loop.
 _INLINE_WALK = 1_000
 
@@ -84,6 +86,8 @@ def parse_refresh_token(text: str) -> RefreshToken | None:
     if len(payload) != _PAYLOAD_LENGTH:
         return None
     token = RefreshToken(uuid.UUID(bytes=payload[:16]), struct.unpack(">I", payload[16:20])[0], payload[20:])
+    if token.generation > MAX_GENERATION:
+        return None
     # Base64 has several spellings of the last character; only the canonical one is this token.
     return token if str(token) == text else None
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
+from server.app import create_app
+from server.refresh import parse_refresh_token
+from server.settings import load_settings
 from tests.helpers import basic, post_token
 
 PASSWORD = "correct horse battery staple"
@@ -46,3 +52,21 @@ async def call(
     response = await http.post(path, data=form, headers=headers)
     text = await response.text()
     return response.status, (await response.json(content_type=None)) if text else None
+
+
+@contextlib.asynccontextmanager
+async def server_with(env: dict[str, str], clock: Any, **settings: str) -> AsyncIterator[TestClient[Any, Any]]:
+    """A Tessera server on 127.0.0.1 with extra settings, e.g. TESSERA_REFRESH_REUSE_GRACE="30"."""
+    app = create_app(load_settings({**env, **settings}), clock=clock)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as http:
+        yield http
+
+
+def family_id_of(refresh_token: str) -> uuid.UUID:
+    parsed = parse_refresh_token(refresh_token)
+    assert parsed is not None
+    return parsed.family_id
+
+
+async def family_row(db: Any, refresh_token: str) -> Any:
+    return await db.fetchrow("SELECT * FROM refresh_families WHERE family_id = $1", family_id_of(refresh_token))
