@@ -47,13 +47,15 @@ class Collected:
         return {"families": self.families, "security_events": self.security_events, "keys": self.keys}
 
 
-async def collect_garbage(pool: asyncpg.Pool, now: datetime, *, pause: float = 0.0) -> Collected:
+async def collect_garbage(
+    pool: asyncpg.Pool, now: datetime, *, pause: float = 0.0, pages_per_statement: int = GC_PAGES_PER_STATEMENT
+) -> Collected:
     """One full pass; ``pause`` seconds between statements leave room for the requests."""
     store = FamilyStore(pool)
     families = 0
     pages = await store.table_pages()
-    for first_page in range(0, pages, GC_PAGES_PER_STATEMENT):
-        families += await store.delete_dead_families(first_page, GC_PAGES_PER_STATEMENT, now - FAMILY_RETENTION)
+    for first_page in range(0, pages, pages_per_statement):
+        families += await store.delete_dead_families(first_page, pages_per_statement, now - FAMILY_RETENTION)
         await asyncio.sleep(pause)
     security_events = 0
     while True:
