@@ -362,12 +362,16 @@ async def direct_loop(dsn: str, chain: RefreshChain, tokens: list[RefreshToken],
         tokens[index] = token
 
     try:
+        wal_before = await pool.fetchval("SELECT pg_current_wal_lsn()")
         started = time.perf_counter()
         await asyncio.gather(*(worker(i) for i in range(len(tokens))))
         elapsed = time.perf_counter() - started
+        wal = await pool.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)", wal_before)
     finally:
         await pool.close()
-    return summary(len(latencies), elapsed, latencies, failures)
+    result = summary(len(latencies), elapsed, latencies, failures)
+    result["wal_bytes_per_rotation"] = round(float(wal) / max(1, len(latencies)))
+    return result
 
 
 async def measure(
@@ -434,10 +438,12 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"Refresh-token rotation on PostgreSQL {small['version']} (fsync={small['fsync']}, "
           f"synchronous_commit={small['synchronous_commit']}), {result['cpus']} CPUs, Python {result['python']}"
           + (", with a UNIQUE index on current_hash" if result["unique_hash_index"] else ""))
-    print(f"{'families':>10}  {'path':<28} {'conc':>4} {'rotations/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6}")
+    print(f"{'families':>10}  {'path':<28} {'conc':>4} {'rotations/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6}"
+          f" {'WAL B/rot':>9}")
     for row in result["rows"]:
+        wal = row.get("wal_bytes_per_rotation")
         print(f"{row['families']:>10,}  {row['path']:<28} {row['concurrency']:>4} {row['rotations_per_s']:>12,.0f}"
-              f" {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['failures']:>6}")
+              f" {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['failures']:>6} {wal if wal is not None else '':>9}")
     by_key = {(r["families"], r["path"], r["concurrency"]): r for r in result["rows"]}
     for concurrency in sorted({r["concurrency"] for r in result["rows"]}, reverse=True):
         for families in (small["families"], large["families"]):
