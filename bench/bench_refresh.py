@@ -71,7 +71,7 @@ def scratch_database(server_url: str | None, workdir: Path) -> Iterator[str]:
             warnings.simplefilter("ignore")
             import pgserver
 
-            embedded = pgserver.get_server(workdir / "pg", cleanup_mode="stop")
+            embedded = pgserver.get_server(workdir / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
         server_url = embedded.get_uri()
     name = f"tessera_bench_{os.getpid()}"
     parts = urlsplit(server_url)
@@ -142,6 +142,7 @@ async def table_facts(dsn: str) -> dict[str, Any]:
             " current_setting('fsync') AS fsync, current_setting('synchronous_commit') AS synchronous_commit,"
             " current_setting('server_version') AS version FROM refresh_families"
         )
+        assert row is not None
         return dict(row)
     finally:
         await connection.close()
@@ -155,6 +156,7 @@ async def update_counts(dsn: str) -> tuple[int, int]:
         row = await connection.fetchrow(
             "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'refresh_families'"
         )
+        assert row is not None
         return int(row[0]), int(row[1])
     finally:
         await connection.close()

@@ -35,6 +35,8 @@ FAMILY_RETENTION = timedelta(days=1)
 SECURITY_EVENT_RETENTION = timedelta(days=90)
 
 log = logging.getLogger("tessera.janitor")
+# An outage or a statement timeout: the next pass picks up where this one could not.
+_PASS_FAILED: tuple[type[BaseException], ...] = (*DATABASE_UNAVAILABLE, asyncpg.PostgresError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +103,6 @@ class Janitor:
         while True:
             try:
                 await collect_garbage(self._pool, datetime.fromtimestamp(self._clock(), UTC), pause=0.01)
-            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:
-                # The next pass picks up where this one could not; an outage is not the janitor's to report.
+            except _PASS_FAILED as exc:
                 log.warning("garbage collection failed", extra={"cause": type(exc).__name__})
             await asyncio.sleep(self._interval)

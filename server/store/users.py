@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import asyncpg
 
@@ -69,7 +70,7 @@ class UserStore:
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
         if isinstance(self._db, asyncpg.Pool):
             async with self._db.acquire() as connection, connection.transaction():
-                yield connection
+                yield cast(asyncpg.Connection, connection)  # a pool's proxy stands in for its connection
         else:
             async with self._db.transaction():
                 yield self._db
