@@ -121,6 +121,17 @@ class RefreshChain:
 
 
 @dataclass(frozen=True, slots=True)
+class RefreshRequest:
+    """A refresh_token grant request, validated: the token, who presents it, what it asks for."""
+
+    token: RefreshToken
+    client_id: str
+    scopes: tuple[str, ...] | None  # None: the family's whole scope
+    audience: str | None  # None: the family's audience
+    remote: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Refreshed:
     """A successful refresh: the refresh token to hand out and the family it belongs to."""
 
@@ -189,44 +200,30 @@ class RefreshFamilies:
             raise InvalidGrant("invalid username or password")  # the user was deleted meanwhile
         return str(token), str(token.family_id)
 
-    async def refresh(
-        self,
-        presented: RefreshToken,
-        *,
-        client_id: str,
-        scopes: tuple[str, ...] | None,
-        audience: str | None,
-        remote: str | None,
-    ) -> Refreshed:
+    async def refresh(self, ask: RefreshRequest) -> Refreshed:
         """RFC 6749 section 6. Rotate, answer a retry, or refuse; refusals spend nothing."""
         now = self.now()
+        presented = ask.token
         successor = self._chain.successor(presented)
         rotated = await self._store.rotate(
             family_id=presented.family_id,
             generation=presented.generation,
             current_hash=presented.digest,
-            client_id=client_id,
+            client_id=ask.client_id,
             successor_hash=successor.digest,
             now=now,
             idle_expires_at=now + self._idle,
-            scopes=scopes,
-            audience=audience,
+            scopes=ask.scopes,
+            audience=ask.audience,
         )
         if rotated is not None:
-            events.refresh_rotated(client_id)
+            events.refresh_rotated(ask.client_id)
             return Refreshed(str(successor), rotated, retry=False)
-        return await self._not_rotated(presented, client_id, scopes, audience, remote, now)
+        return await self._not_rotated(ask, now)
 
-    async def _not_rotated(
-        self,
-        presented: RefreshToken,
-        client_id: str,
-        scopes: tuple[str, ...] | None,
-        audience: str | None,
-        remote: str | None,
-        now: datetime,
-    ) -> Refreshed:
+    async def _not_rotated(self, ask: RefreshRequest, now: datetime) -> Refreshed:
         """Why the rotation matched nothing, read after it (so a concurrent winner is visible)."""
+        presented, client_id, remote = ask.token, ask.client_id, ask.remote
         family = await self._store.get(presented.family_id)
         current = await self._current_token(presented, family)
         if family is None or current is None:
@@ -242,7 +239,7 @@ class RefreshFamilies:
         if presented.generation == family.generation or self._is_retry(presented, family, now):
             # Either the current token was refused for what the request asked, or this is a retry of
             # the previous token: say which limit was crossed, or answer the same successor.
-            _check_request(family, scopes, audience)
+            _check_request(family, ask.scopes, ask.audience)
             if presented.generation == family.generation:
                 raise InvalidGrant("invalid refresh token")
             events.refresh_retry_answered(client_id)

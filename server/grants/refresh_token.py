@@ -7,19 +7,11 @@ comes from the family, fixed at login.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from server.errors import InvalidGrant, InvalidRequest
 from server.grants.base import TokenRequest, parse_scope, resolve_audience, token_response
-from server.refresh import RefreshFamilies, RefreshToken, parse_refresh_token
-
-
-@dataclass(frozen=True, slots=True)
-class RefreshRequest:
-    token: RefreshToken
-    scopes: tuple[str, ...] | None  # None: the family's whole scope
-    audience: str | None  # None: the family's audience
+from server.refresh import RefreshFamilies, RefreshRequest, parse_refresh_token
 
 
 class RefreshTokenGrant:
@@ -35,18 +27,12 @@ class RefreshTokenGrant:
         scopes = parse_scope(request.form.get("scope"))
         wants_audience = "resource" in request.form or "audience" in request.form
         audience = resolve_audience(request.form, request.client) if wants_audience else None
-        return RefreshRequest(token, scopes, audience)
+        return RefreshRequest(token, request.client.client_id, scopes, audience, request.remote)
 
     async def issue(self, request: TokenRequest, validated: RefreshRequest) -> dict[str, Any]:
         services = request.services
         families: RefreshFamilies = services.extras["refresh_families"]
-        refreshed = await families.refresh(
-            validated.token,
-            client_id=request.client.client_id,
-            scopes=validated.scopes,
-            audience=validated.audience,
-            remote=request.remote,
-        )
+        refreshed = await families.refresh(validated)
         family = refreshed.family
         # Section 6: the new access token may have a narrower scope; the family keeps the original.
         scopes = validated.scopes if validated.scopes is not None else family.scopes

@@ -47,22 +47,7 @@ class Family:
 
 
 def _family(row: asyncpg.Record) -> Family:
-    return Family(
-        family_id=row["family_id"],
-        client_id=row["client_id"],
-        user_id=row["user_id"],
-        scopes=tuple(row["scopes"]),
-        audience=row["audience"],
-        auth_time=row["auth_time"],
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        generation=row["generation"],
-        current_hash=bytes(row["current_hash"]),
-        last_rotated_at=row["last_rotated_at"],
-        idle_expires_at=row["idle_expires_at"],
-        revoked_at=row["revoked_at"],
-        revoked_reason=row["revoked_reason"],
-    )
+    return Family(**{**dict(row), "scopes": tuple(row["scopes"]), "current_hash": bytes(row["current_hash"])})
 
 
 # The rotation: the presented token must be the family's current one, of the authenticated client,
