@@ -97,3 +97,32 @@ async def test_a_missing_or_repeated_token_is_invalid_request(client, app_and_al
         "/revoke", data="token=a&token=b", headers={**basic("app", SECRET), "Content-Type": "application/x-www-form-urlencoded"}
     )
     assert response.status == 400 and (await response.json())["error"] == "invalid_request"
+
+
+HOSTILE_TOKENS = [
+    b"token=tsr_%00" + b"A" * 66,
+    b"token=%ff%fe",
+    b"token=" + b"A" * 4096,
+    b"token=tsr_" + b"A" * 4000,
+    b"token=" + b"a." * 2000,
+    b"token=eyJhbGciOiJSUzI1NiJ9." + b"A" * 3000 + b".AA",
+    b"token=%27+OR+1%3D1--",
+    b"token=tsr_" + b"_" * 70,
+    b"token=tsr_" + b"-" * 70,
+]
+
+
+@pytest.mark.parametrize("path", ["/revoke", "/introspect", "/token"])
+@pytest.mark.parametrize("body", HOSTILE_TOKENS, ids=range(len(HOSTILE_TOKENS)))
+async def test_hostile_tokens_get_a_clean_answer_and_change_nothing(client, app_and_alice, db_conn, path, body):
+    live = await login(client)
+    before = await db_conn.fetch("SELECT * FROM refresh_families")
+    if path == "/token":
+        body = b"grant_type=refresh_token&refresh_" + body
+    headers = {**basic("app", SECRET), "Content-Type": "application/x-www-form-urlencoded"}
+    response = await client.post(path, data=body, headers=headers)
+    assert response.status in (200, 400, 413)
+    answer = await response.json(content_type=None) if await response.read() else None
+    assert answer is None or answer == {"active": False} or set(answer) == {"error", "error_description"}
+    assert await db_conn.fetch("SELECT * FROM refresh_families") == before
+    assert (await refresh(client, live["refresh_token"]))[0] == 200
