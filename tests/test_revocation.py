@@ -113,16 +113,16 @@ HOSTILE_TOKENS = [
 
 
 @pytest.mark.parametrize("path", ["/revoke", "/introspect", "/token"])
-@pytest.mark.parametrize("body", HOSTILE_TOKENS, ids=range(len(HOSTILE_TOKENS)))
-async def test_hostile_tokens_get_a_clean_answer_and_change_nothing(client, app_and_alice, db_conn, path, body):
+async def test_hostile_tokens_get_a_clean_answer_and_change_nothing(client, app_and_alice, db_conn, path):
     live = await login(client)
     before = await db_conn.fetch("SELECT * FROM refresh_families")
-    if path == "/token":
-        body = b"grant_type=refresh_token&refresh_" + body
     headers = {**basic("app", SECRET), "Content-Type": "application/x-www-form-urlencoded"}
-    response = await client.post(path, data=body, headers=headers)
-    assert response.status in (200, 400, 413)
-    answer = await response.json(content_type=None) if await response.read() else None
-    assert answer is None or answer == {"active": False} or set(answer) == {"error", "error_description"}
+    for body in HOSTILE_TOKENS:
+        if path == "/token":
+            body = b"grant_type=refresh_token&refresh_" + body
+        response = await client.post(path, data=body, headers=headers)
+        assert response.status in (200, 400, 413), body
+        answer = await response.json(content_type=None) if await response.read() else None
+        assert answer is None or answer == {"active": False} or set(answer) == {"error", "error_description"}
     assert await db_conn.fetch("SELECT * FROM refresh_families") == before
     assert (await refresh(client, live["refresh_token"]))[0] == 200
