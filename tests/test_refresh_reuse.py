@@ -320,13 +320,12 @@ async def _chain(db_conn, kek: str) -> RefreshChain:
     return RefreshChain(await server_secret(db_conn, base64.urlsafe_b64decode(kek + "="), SECRET_NAME))
 
 
-async def test_a_genuine_token_thousands_of_rotations_old_is_still_recognised_as_reuse(
-    client, app_and_alice, db_conn, kek
-):
+@pytest.mark.parametrize("behind,recognised", [(MAX_CHAIN_WALK, True), (MAX_CHAIN_WALK + 1, False)])
+async def test_the_chain_walk_is_bounded(client, app_and_alice, db_conn, kek, behind, recognised):
     old = parse_refresh_token((await login(client))["refresh_token"])
     chain = await _chain(db_conn, kek)
     current = old
-    for _ in range(5000):  # as if the family had been refreshed 5000 times since
+    for _ in range(behind):
         current = chain.successor(current)
     await db_conn.execute(
         "UPDATE refresh_families SET generation = $2, current_hash = $3 WHERE family_id = $1",
@@ -334,18 +333,6 @@ async def test_a_genuine_token_thousands_of_rotations_old_is_still_recognised_as
     )
     status, body = await refresh(client, str(old))
     assert (status, body["error"]) == (400, "invalid_grant")
-    assert (await family_row(db_conn, str(old)))["revoked_reason"] == "refresh_reuse"
-
-
-async def test_a_token_beyond_the_chain_walk_bound_is_refused_cheaply_and_revokes_nothing(
-    client, app_and_alice, db_conn
-):
-    token = parse_refresh_token((await login(client))["refresh_token"])
-    await db_conn.execute(
-        "UPDATE refresh_families SET generation = $2 WHERE family_id = $1", token.family_id, MAX_CHAIN_WALK + 1
-    )
-    started = time.perf_counter()
-    status, body = await refresh(client, str(token))
-    assert (status, body["error"]) == (400, "invalid_grant")
-    assert time.perf_counter() - started < 0.1  # no walk of 100,001 HMACs was attempted
-    assert (await family_row(db_conn, str(token)))["revoked_at"] is None
+    # Within the bound the spent token is recognised as reuse; beyond it, it is merely refused.
+    revoked = (await family_row(db_conn, str(old)))["revoked_reason"]
+    assert revoked == ("refresh_reuse" if recognised else None)
