@@ -18,7 +18,9 @@ from server.grants import GrantServices, default_grants
 from server.metrics import METRICS, Metrics
 from server.middleware import error_middleware, security_headers
 from server.passwords import SecretHasher
+from server.revocation import endpoint_metadata
 from server.services import SERVICES, Services
+from server.sessions import open_sessions
 from server.settings import Settings
 from server.store import ClientStore, PgKeyStore, UserStore
 from server.tokens import AccessTokenIssuer
@@ -80,6 +82,7 @@ async def open_services(
             grants = default_grants()
             tokens = AccessTokenIssuer(keyring, issuer=settings.issuer, ttl=settings.access_token_ttl, clock=clock)
             extras: dict[str, object] = {}
+            janitor = await open_sessions(pool, database.kek, settings, keyring, clock, extras)
             services = Services(
                 settings=settings,
                 clock=clock,
@@ -91,13 +94,15 @@ async def open_services(
                 authenticator=ClientAuthenticator(clients, hasher, VerifiedSecretCache()),
                 grants=grants,
                 grant_services=GrantServices(tokens, users, hasher, clock, extras),
-                metadata_body=metadata_document(settings.issuer, sorted(grants), {}),
+                metadata_body=metadata_document(settings.issuer, sorted(grants), endpoint_metadata(settings.issuer)),
                 extras=extras,
             )
             log.info("ready", extra={"issuer": settings.issuer, "kid": keyring.snapshot.signer.kid})
+            janitor.start()
             try:
                 yield services
             finally:
+                await janitor.stop()
                 hasher.close()
         finally:
             await pool.close()

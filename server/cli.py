@@ -12,16 +12,20 @@ import json
 import re
 import secrets
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import asyncpg
 
-from server import db
+from server import db, events
+from server.janitor import collect_garbage
 from server.passwords import SecretHasher
 from server.settings import Settings, SettingsError, load_settings
 from server.store import ClientStore, PgKeyStore, UserStore
 from server.store.clients import ClientExists
+from server.store.families import FamilyStore
 from server.store.users import UserExists
 
 GRANT_TYPES = ("client_credentials", "password", "refresh_token")
@@ -265,6 +269,53 @@ def users_delete(args: argparse.Namespace, settings: Settings) -> int:
     return _with_store(settings, action)
 
 
+# --- sessions (refresh-token families) and garbage collection -----------------------------------
+
+
+def sessions_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    family_id = None
+    if args.family is not None:
+        try:
+            family_id = uuid.UUID(args.family)
+        except ValueError:
+            raise CommandError("--family: not a family id (a UUID, the sid claim of its access tokens)") from None
+
+    async def action(pool: Any) -> int:
+        families = FamilyStore(pool)
+        if args.user is not None:
+            user = await UserStore(pool).by_username(_username(args.user))
+            if user is None:
+                raise CommandError(f"no user {args.user!r}")
+            revoked, what = await families.revoke_user_families(user.user_id, "revoked_by_admin"), args.user
+        elif args.client is not None:
+            if await ClientStore(pool).get(args.client) is None:
+                raise CommandError(f"no client {args.client!r}")
+            revoked, what = await families.revoke_client_families(args.client, "revoked_by_admin"), args.client
+        else:
+            assert family_id is not None
+            if await families.get(family_id) is None:
+                raise CommandError(f"no family {family_id}")
+            revoked = int(await families.revoke(family_id, "revoked_by_admin", datetime.now(UTC)))
+            what = str(family_id)
+        events.families_revoked("revoked_by_admin", revoked)
+        _emit(args, {"revoked": revoked}, f"revoked {revoked} session(s) of {what}")
+        return 0
+
+    return _with_store(settings, action)
+
+
+def gc_command(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(pool: Any) -> int:
+        collected = await collect_garbage(pool, datetime.now(UTC))
+        text = f"deleted {collected.families} refresh-token families, {collected.security_events} security events"
+        if collected.keys is not None:
+            text += f", {collected.keys} signing keys"
+        _emit(args, collected.as_dict(), text)
+        return 0
+
+    return _with_store(settings, action)
+
+
 # --- keys, migrate, serve ----------------------------------------------------------------------
 
 
@@ -365,6 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="subcommand", required=True, metavar="SUBCOMMAND"
     )
     command(keys, "list", keys_list, "list signing keys")
+
+    sessions = commands.add_parser("sessions", help="manage refresh-token sessions").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    srevoke = command(sessions, "revoke", sessions_revoke, "revoke refresh-token families (sessions) at once")
+    which = srevoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--user", metavar="USERNAME", help="every session of this user")
+    which.add_argument("--client", metavar="CLIENT_ID", help="every session of this client")
+    which.add_argument("--family", metavar="FAMILY_ID", help="one session (the sid of its access tokens)")
+    command(commands, "gc", gc_command, "delete expired refresh-token families, old security events and keys")
     return parser
 
 

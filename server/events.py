@@ -44,6 +44,23 @@ def refresh_reuse_detected(*, family_id: str, client_id: str, user_id: str, remo
     )
 
 
+def refresh_wrong_client(
+    *, family_id: str, client_id: str, presented_by: str, user_id: str, remote: str | None
+) -> None:
+    """A genuine refresh token of ``client_id`` was presented by another client: stolen; family revoked."""
+    security_log.warning(
+        "refresh token presented by another client; family revoked",
+        extra={"event": "refresh_wrong_client", "family_id": family_id, "client_id": client_id,
+               "presented_by": presented_by, "user_id": user_id, "remote": remote},
+    )
+
+
+def garbage_collected(what: str, count: int) -> None:
+    """``count`` expired rows of ``what`` (refresh_families, security_events, ...) were deleted."""
+    if count:
+        log.info("garbage collected", extra={"event": "garbage_collected", "what": what, "count": count})
+
+
 def families_revoked(reason: str, count: int) -> None:
     """``count`` refresh-token families were revoked for ``reason`` (reuse, logout, user_disabled, ...)."""
     if count:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import cast
 
 from aiohttp import web
 
@@ -12,9 +13,12 @@ from server import events
 from server.errors import InvalidRequest, UnauthorizedClient, UnsupportedGrantType
 from server.forms import read_form
 from server.grants import TokenRequest
+from server.introspection import Introspection
 from server.metrics import CONTENT_TYPE, METRICS
 from server.middleware import LOG_FIELDS, NO_STORE, json_response
+from server.revocation import Revocation
 from server.services import SERVICES
+from server.store import Client
 
 
 def _authorization(request: web.Request) -> str | None:
@@ -44,6 +48,32 @@ async def token(request: web.Request) -> web.Response:
     body = await grant.issue(context, validated)
     events.token_issued(grant_type, client.client_id)
     return json_response(body)
+
+
+async def _token_form(request: web.Request) -> tuple[str, Client]:
+    """The ``token`` parameter of an authenticated revocation or introspection request."""
+    services = request.app[SERVICES]
+    form = await read_form(request, services.settings.max_body_bytes)
+    client = await services.authenticator.authenticate(_authorization(request), form)
+    request[LOG_FIELDS]["client_id"] = client.client_id
+    token = form.get("token")
+    if token is None:
+        raise InvalidRequest("token is required")
+    return token, client
+
+
+async def revoke(request: web.Request) -> web.Response:
+    """RFC 7009 section 2: the revocation endpoint; 200 whether or not the token was known."""
+    token, client = await _token_form(request)
+    await cast(Revocation, request.app[SERVICES].extras["revocation"]).revoke(client, token)
+    return web.Response(status=200, headers=NO_STORE)
+
+
+async def introspect(request: web.Request) -> web.Response:
+    """RFC 7662 section 2: the introspection endpoint."""
+    token, client = await _token_form(request)
+    introspection = cast(Introspection, request.app[SERVICES].extras["introspection"])
+    return json_response(await introspection.introspect(client, token))
 
 
 async def jwks(request: web.Request) -> web.Response:
@@ -116,6 +146,8 @@ def metadata_document(issuer: str, grant_types: list[str], extra: dict[str, obje
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/token", token)
+    app.router.add_post("/revoke", revoke)
+    app.router.add_post("/introspect", introspect)
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_get("/.well-known/oauth-authorization-server", metadata)
     app.router.add_get("/.well-known/openid-configuration", metadata)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import asyncpg
+
+from server import events
+from server.store.families import FamilyStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,19 +66,40 @@ class UserStore:
     async def list(self) -> list[User]:
         return [_user(r) for r in await self._db.fetch(f"SELECT {_COLUMNS} FROM users ORDER BY username")]
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        if isinstance(self._db, asyncpg.Pool):
+            async with self._db.acquire() as connection, connection.transaction():
+                yield cast(asyncpg.Connection, connection)  # a pool's proxy stands in for its connection
+        else:
+            async with self._db.transaction():
+                yield self._db
+
     async def set_password(self, username: str, password_hash: str) -> User | None:
-        row = await self._db.fetchrow(
-            f"UPDATE users SET password_hash = $2, password_changed_at = now() WHERE username = $1"
-            f" RETURNING {_COLUMNS}",
-            username,
-            password_hash,
-        )
+        """A new password ends every session of the old one, in the same transaction."""
+        async with self._transaction() as connection:
+            row = await connection.fetchrow(
+                f"UPDATE users SET password_hash = $2, password_changed_at = now() WHERE username = $1"
+                f" RETURNING {_COLUMNS}",
+                username,
+                password_hash,
+            )
+            revoked = 0
+            if row:
+                revoked = await FamilyStore(connection).revoke_user_families(row["user_id"], "password_changed")
+        events.families_revoked("password_changed", revoked)
         return _user(row) if row else None
 
     async def set_disabled(self, username: str, disabled: bool) -> User | None:
-        row = await self._db.fetchrow(
-            f"UPDATE users SET disabled = $2 WHERE username = $1 RETURNING {_COLUMNS}", username, disabled
-        )
+        """Disabling a user revokes their refresh-token families in the same transaction."""
+        async with self._transaction() as connection:
+            row = await connection.fetchrow(
+                f"UPDATE users SET disabled = $2 WHERE username = $1 RETURNING {_COLUMNS}", username, disabled
+            )
+            revoked = 0
+            if row and disabled:
+                revoked = await FamilyStore(connection).revoke_user_families(row["user_id"], "user_disabled")
+        events.families_revoked("user_disabled", revoked)
         return _user(row) if row else None
 
     async def delete(self, username: str) -> User | None:

@@ -1,0 +1,234 @@
+"""Refresh-token families on PostgreSQL: one row per login, one UPDATE per rotation.
+
+Every statement that a refresh runs touches one row, found by ``family_id``; the rotation itself
+is a single conditional UPDATE, so of many concurrent requests with one token exactly one
+matches (READ COMMITTED re-checks the WHERE clause against the winner's committed row).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+_COLUMNS = (
+    "family_id, client_id, user_id, scopes, audience, auth_time, created_at, expires_at, generation,"
+    " current_hash, last_rotated_at, idle_expires_at, revoked_at, revoked_reason"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    family_id: uuid.UUID
+    client_id: str
+    user_id: uuid.UUID
+    scopes: tuple[str, ...]
+    audience: str
+    auth_time: datetime
+    created_at: datetime
+    expires_at: datetime
+    generation: int
+    current_hash: bytes
+    last_rotated_at: datetime
+    idle_expires_at: datetime
+    revoked_at: datetime | None
+    revoked_reason: str | None
+
+    def live_at(self, now: datetime) -> bool:
+        """Not revoked and inside both its idle and its absolute lifetime."""
+        return self.revoked_at is None and now < self.expires_at and now < self.idle_expires_at
+
+    @property
+    def token_expires_at(self) -> datetime:
+        return min(self.expires_at, self.idle_expires_at)
+
+
+def _family(row: asyncpg.Record) -> Family:
+    return Family(**{**dict(row), "scopes": tuple(row["scopes"]), "current_hash": bytes(row["current_hash"])})
+
+
+# The rotation: the presented token must be the family's current one, of the authenticated client,
+# in a live family, and the request must not widen scope or change audience. The successor's hash
+# is computed beforehand, so this is the whole refresh in one round trip.
+ROTATE_SQL = f"""
+UPDATE refresh_families
+   SET generation = generation + 1, current_hash = $5, last_rotated_at = $6, idle_expires_at = $7
+ WHERE family_id = $1 AND generation = $2 AND current_hash = $3 AND client_id = $4
+   AND revoked_at IS NULL AND expires_at > $6 AND idle_expires_at > $6
+   AND ($8::text[] IS NULL OR scopes @> $8::text[])
+   AND ($9::text IS NULL OR audience = $9::text)
+RETURNING {_COLUMNS}
+"""
+
+# Pages of the table swept by one garbage-collection statement (8 KiB each): bounded work per
+# statement, and a sequential TID range scan rather than an index on a column that rotations change.
+GC_PAGES_PER_STATEMENT = 1024
+GC_EVENTS_PER_STATEMENT = 5000
+
+
+class FamilyStore:
+    def __init__(self, db: asyncpg.Pool | asyncpg.Connection) -> None:
+        self._db = db
+
+    async def create(
+        self,
+        *,
+        family_id: uuid.UUID,
+        client_id: str,
+        user_id: uuid.UUID,
+        scopes: Sequence[str],
+        audience: str,
+        auth_time: datetime,
+        now: datetime,
+        expires_at: datetime,
+        idle_expires_at: datetime,
+        current_hash: bytes,
+    ) -> bool:
+        """Start a family at generation 0; False if its client or user is gone."""
+        try:
+            await self._db.execute(
+                "INSERT INTO refresh_families (family_id, client_id, user_id, scopes, audience, auth_time,"
+                " created_at, expires_at, generation, current_hash, last_rotated_at, idle_expires_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $7, $10)",
+                family_id,
+                client_id,
+                user_id,
+                list(scopes),
+                audience,
+                auth_time,
+                now,
+                expires_at,
+                current_hash,
+                idle_expires_at,
+            )
+        except asyncpg.ForeignKeyViolationError:
+            return False
+        return True
+
+    async def rotate(
+        self,
+        *,
+        family_id: uuid.UUID,
+        generation: int,
+        current_hash: bytes,
+        client_id: str,
+        successor_hash: bytes,
+        now: datetime,
+        idle_expires_at: datetime,
+        scopes: Sequence[str] | None,
+        audience: str | None,
+    ) -> Family | None:
+        """The rotation, or None if the presented token may not be rotated (say why with ``get``)."""
+        row = await self._db.fetchrow(
+            ROTATE_SQL,
+            family_id,
+            generation,
+            current_hash,
+            client_id,
+            successor_hash,
+            now,
+            idle_expires_at,
+            list(scopes) if scopes is not None else None,
+            audience,
+        )
+        return _family(row) if row else None
+
+    async def get(self, family_id: uuid.UUID) -> Family | None:
+        row = await self._db.fetchrow(f"SELECT {_COLUMNS} FROM refresh_families WHERE family_id = $1", family_id)
+        return _family(row) if row else None
+
+    async def is_revoked(self, family_id: uuid.UUID) -> bool:
+        """True if the family was revoked or no longer exists (its user or client was deleted)."""
+        revoked = await self._db.fetchval(
+            "SELECT revoked_at IS NOT NULL FROM refresh_families WHERE family_id = $1", family_id
+        )
+        return revoked is None or bool(revoked)
+
+    async def revoke(self, family_id: uuid.UUID, reason: str, now: datetime) -> bool:
+        """Revoke one family (all its tokens, the newest included); False if it already was."""
+        revoked = await self._db.fetchval(
+            "UPDATE refresh_families SET revoked_at = $3, revoked_reason = $2"
+            " WHERE family_id = $1 AND revoked_at IS NULL RETURNING true",
+            family_id,
+            reason,
+            now,
+        )
+        return revoked is True
+
+    async def revoke_for_theft(
+        self, family_id: uuid.UUID, *, kind: str, presented_by: str, remote: str | None, now: datetime
+    ) -> bool:
+        """Revoke the family and record the security event, in one statement (so both or neither)."""
+        recorded = await self._db.fetchval(
+            "WITH revoked AS ("
+            "  UPDATE refresh_families SET revoked_at = $3, revoked_reason = $2"
+            "   WHERE family_id = $1 AND revoked_at IS NULL RETURNING family_id, client_id, user_id)"
+            " INSERT INTO security_events (kind, family_id, client_id, presented_by, user_id, remote, occurred_at)"
+            " SELECT $2, family_id, client_id, $4, user_id, $5, $3 FROM revoked RETURNING true",
+            family_id,
+            kind,
+            now,
+            presented_by,
+            remote,
+        )
+        return recorded is True
+
+    async def revoke_user_families(self, user_id: uuid.UUID, reason: str) -> int:
+        """Revoke every live family of a user (run it in the transaction that changes the user)."""
+        return await self._revoke_where("user_id", user_id, reason)
+
+    async def revoke_client_families(self, client_id: str, reason: str) -> int:
+        return await self._revoke_where("client_id", client_id, reason)
+
+    async def _revoke_where(self, column: str, value: object, reason: str) -> int:
+        assert column in ("user_id", "client_id")
+        count = await self._db.fetchval(
+            f"WITH revoked AS (UPDATE refresh_families SET revoked_at = now(), revoked_reason = $2"
+            f" WHERE {column} = $1 AND revoked_at IS NULL RETURNING 1) SELECT count(*) FROM revoked",
+            value,
+            reason,
+        )
+        return int(count)
+
+    async def security_events(self, family_id: uuid.UUID) -> list[asyncpg.Record]:
+        return await self._db.fetch(
+            "SELECT kind, family_id, client_id, presented_by, user_id, remote, occurred_at FROM security_events"
+            " WHERE family_id = $1 ORDER BY event_id",
+            family_id,
+        )
+
+    # --- garbage collection ----------------------------------------------------------------------
+
+    async def table_pages(self) -> int:
+        pages = await self._db.fetchval(
+            "SELECT pg_relation_size('refresh_families') / current_setting('block_size')::bigint"
+        )
+        return int(pages)
+
+    async def delete_dead_families(self, first_page: int, pages: int, cutoff: datetime) -> int:
+        """Delete, among the rows on ``pages`` heap pages from ``first_page``, the families revoked
+        or expired (idle or absolute) before ``cutoff``."""
+        count = await self._db.fetchval(
+            "WITH gone AS (DELETE FROM refresh_families"
+            "  WHERE ctid >= format('(%s,0)', $1::bigint)::tid AND ctid < format('(%s,0)', $2::bigint)::tid"
+            "    AND (revoked_at < $3 OR expires_at < $3 OR idle_expires_at < $3) RETURNING 1)"
+            " SELECT count(*) FROM gone",
+            first_page,
+            first_page + pages,
+            cutoff,
+        )
+        return int(count)
+
+    async def delete_old_security_events(self, cutoff: datetime, limit: int = GC_EVENTS_PER_STATEMENT) -> int:
+        """Delete up to ``limit`` security events recorded before ``cutoff``."""
+        count = await self._db.fetchval(
+            "WITH gone AS (DELETE FROM security_events WHERE event_id IN ("
+            "  SELECT event_id FROM security_events WHERE occurred_at < $1 ORDER BY event_id LIMIT $2)"
+            "  RETURNING 1) SELECT count(*) FROM gone",
+            cutoff,
+            limit,
+        )
+        return int(count)
