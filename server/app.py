@@ -14,6 +14,7 @@ from keys.keyring import Keyring
 from server import db
 from server.client_auth import ClientAuthenticator, VerifiedSecretCache
 from server.grants import GrantServices, default_grants
+from server.key_scheduler import KeyScheduler, key_lifecycle
 from server.middleware import error_middleware, security_headers
 from server.passwords import SecretHasher
 from server.services import SERVICES, Services
@@ -56,9 +57,16 @@ async def open_services(settings: Settings, clock: Callable[[], float]) -> Async
         try:
             async with pool.acquire() as connection:
                 await db.migrate(connection)
-            keyring = Keyring(PgKeyStore(pool), database.kek)
-            await keyring.ensure_initial_keys(settings.signing_alg)
-            await keyring.refresh()
+            key_store = PgKeyStore(pool)
+            keyring = Keyring(key_store, database.keks, clock=clock)
+            key_scheduler = KeyScheduler(
+                database.dsn,
+                keyring,
+                key_lifecycle(settings, key_store, database.keks, clock),
+                reload_interval=settings.key_reload_interval,
+                clock=clock,
+            )
+            await key_scheduler.prepare()
             hasher = SecretHasher(settings.argon2)
             await hasher.warm_up()
             clients, users = ClientStore(pool), UserStore(pool)
@@ -81,7 +89,8 @@ async def open_services(settings: Settings, clock: Callable[[], float]) -> Async
             )
             log.info("ready", extra={"issuer": settings.issuer, "kid": keyring.snapshot.signer.kid})
             try:
-                yield services
+                async with key_scheduler.running():
+                    yield services
             finally:
                 hasher.close()
         finally:

@@ -52,6 +52,10 @@ class Settings:
     db_statement_timeout: float
     argon2: Argon2Profile
     max_body_bytes: int
+    # How often each instance reloads its keyring without a notification (the fallback to LISTEN).
+    key_reload_interval: float = 5.0
+    # Only while changing the KEK: the new one (see `tessera keys rewrap`).
+    new_key_encryption_key: bytes | None = None
 
     @property
     def embedded_database(self) -> bool:
@@ -103,20 +107,19 @@ def decode_kek(raw: str, name: str) -> bytes:
     return key
 
 
-def _kek(env: Mapping[str, str]) -> bytes | None:
-    inline = _text(env, "TESSERA_KEY_ENCRYPTION_KEY", None)
-    path = _text(env, "TESSERA_KEY_ENCRYPTION_KEY_FILE", None)
+def _kek(env: Mapping[str, str], name: str = "TESSERA_KEY_ENCRYPTION_KEY") -> bytes | None:
+    """A key-encryption key given inline (``name``) or in a file (``name``_FILE)."""
+    inline = _text(env, name, None)
+    path = _text(env, f"{name}_FILE", None)
     if inline and path:
-        raise SettingsError(
-            "TESSERA_KEY_ENCRYPTION_KEY: set either it or TESSERA_KEY_ENCRYPTION_KEY_FILE, not both"
-        )
+        raise SettingsError(f"{name}: set either it or {name}_FILE, not both")
     if path:
         try:
-            return decode_kek(Path(path).read_text(), "TESSERA_KEY_ENCRYPTION_KEY_FILE")
+            return decode_kek(Path(path).read_text(), f"{name}_FILE")
         except OSError as exc:
-            raise SettingsError(f"TESSERA_KEY_ENCRYPTION_KEY_FILE: cannot read {path}: {exc.strerror}") from None
+            raise SettingsError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
     if inline:
-        return decode_kek(inline, "TESSERA_KEY_ENCRYPTION_KEY")
+        return decode_kek(inline, name)
     return None
 
 
@@ -163,7 +166,9 @@ def load_settings(
     grace = _int(env, "TESSERA_REFRESH_REUSE_GRACE", 0, 0, 300)
     rotation = _int(env, "TESSERA_KEY_ROTATION_INTERVAL", 604800, 60, 10 * year)
     jwks_max_age = _int(env, "TESSERA_JWKS_MAX_AGE", 300, 0, 7 * 86400)
+    key_reload = _float(env, "TESSERA_KEY_RELOAD_INTERVAL", 5.0, 0.05, 300.0)
     kek = _kek(env)
+    new_kek = _kek(env, "TESSERA_NEW_KEY_ENCRYPTION_KEY")
     if database_url is not None and kek is None and require_kek:
         raise SettingsError(
             "TESSERA_KEY_ENCRYPTION_KEY: required when TESSERA_DATABASE_URL is set "
@@ -202,4 +207,6 @@ def load_settings(
         db_statement_timeout=statement_timeout,
         argon2=argon2,
         max_body_bytes=max_body,
+        key_reload_interval=key_reload,
+        new_key_encryption_key=new_kek,
     )
