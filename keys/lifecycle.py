@@ -82,6 +82,20 @@ class Policy:
     def retire_seconds(self) -> float:
         return self.access_token_ttl + self.reload_interval + RETIRED_KEY_LEEWAY
 
+    def required_publication(self, key: StoredKey) -> int:
+        """Seconds ``key`` must be published before it signs: the longest any instance declared."""
+        return max(key.publish_seconds, self.publish_seconds)
+
+    def activation_time(self, next_key: StoredKey) -> float:
+        """When ``next_key`` may start signing (epoch seconds)."""
+        published = next_key.published_at or next_key.created_at
+        return published.timestamp() + self.required_publication(next_key)
+
+    def rotation_time(self, active: StoredKey, next_key: StoredKey) -> float:
+        """When the scheduler rotates: the interval after activation, not before the next key is ready."""
+        activated = (active.activated_at or active.created_at).timestamp()
+        return max(activated + self.rotation_interval, self.activation_time(next_key))
+
 
 @dataclass(frozen=True, slots=True)
 class Rotation:
@@ -123,21 +137,6 @@ class KeyLifecycle:
         self.policy = policy
         self._clock = clock
 
-    # --- the rules --------------------------------------------------------------------------------
-
-    def publish_seconds(self, key: StoredKey) -> int:
-        return max(key.publish_seconds, self.policy.publish_seconds)
-
-    def activation_time(self, next_key: StoredKey) -> float:
-        """When ``next_key`` may start signing (epoch seconds)."""
-        published = next_key.published_at or next_key.created_at
-        return published.timestamp() + self.publish_seconds(next_key)
-
-    def rotation_time(self, active: StoredKey, next_key: StoredKey) -> float:
-        """When the scheduler rotates: the interval after activation, not before the next key is ready."""
-        activated = (active.activated_at or active.created_at).timestamp()
-        return max(activated + self.policy.rotation_interval, self.activation_time(next_key))
-
     # --- the steps --------------------------------------------------------------------------------
 
     async def prepare(self) -> tuple[str, str] | None:
@@ -163,15 +162,15 @@ class KeyLifecycle:
         """``tessera keys rotate``: refused while the next key has not been published long enough."""
         now = self._clock()
         active, next_key = key_roles(await self._store.published_keys(_at(now)))
-        if not force and now < self.activation_time(next_key):
+        if not force and now < self.policy.activation_time(next_key):
             published = (next_key.published_at or next_key.created_at).timestamp()
-            raise NotPublishedLongEnough(next_key.kid, now - published, self.publish_seconds(next_key))
+            raise NotPublishedLongEnough(next_key.kid, now - published, self.policy.required_publication(next_key))
         return await self._rotate(active, next_key, revoke_old=False)
 
     async def rotate_if_due(self) -> Rotation | None:
         """The scheduler's step: rotate when due; None when not due or another process did it."""
         active, next_key = key_roles(await self._store.published_keys(_at(self._clock())))
-        if self._clock() < self.rotation_time(active, next_key):
+        if self._clock() < self.policy.rotation_time(active, next_key):
             return None
         try:
             return await self._rotate(active, next_key, revoke_old=False)
@@ -221,7 +220,7 @@ class KeyLifecycle:
         )
         if not rotated:
             raise KeySetChanged()
-        return Rotation(next_key, active, new_next, expires, revoke_old, now < self.activation_time(next_key))
+        return Rotation(next_key, active, new_next, expires, revoke_old, now < self.policy.activation_time(next_key))
 
     async def _new_key(self, seal_like: StoredKey | None) -> NewKey:
         """A new key of the configured algorithm, generated off the event loop (RSA takes a second).

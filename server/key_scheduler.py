@@ -96,7 +96,7 @@ class KeyScheduler:
             return None
         active, next_key = key_roles(snapshot.keys)
         await self._lifecycle.declare_publication(next_key)
-        if self._clock() < self._lifecycle.rotation_time(active, next_key):
+        if self._clock() < self._lifecycle.policy.rotation_time(active, next_key):
             return None
         rotation = await self._lifecycle.rotate_if_due()
         if rotation is not None:

@@ -136,8 +136,9 @@ class PgKeyStore:
             # Retire first: the unique index allows one active key at any moment; the deferred
             # trigger checks at commit that there is one.
             await connection.execute(
-                "UPDATE signing_keys SET state = CASE WHEN $2 THEN 'revoked' ELSE 'retired' END, retired_at = $3,"
-                " revoked_at = CASE WHEN $2 THEN $3 END, expires_at = CASE WHEN $2 THEN NULL ELSE $4 END"
+                "UPDATE signing_keys SET state = CASE WHEN $2::boolean THEN 'revoked' ELSE 'retired' END,"
+                " retired_at = $3::timestamptz, revoked_at = CASE WHEN $2 THEN $3 END,"
+                " expires_at = CASE WHEN $2 THEN NULL ELSE $4::timestamptz END"
                 " WHERE kid = $1",
                 active.kid,
                 revoke_old,
