@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from keys import kek as kek_box
 from keys import material
@@ -40,7 +40,7 @@ class LifecycleError(Exception):
 class NotPublishedLongEnough(LifecycleError):
     def __init__(self, kid: str, published_for: float, required: int) -> None:
         self.kid, self.published_for, self.required = kid, published_for, required
-        self.remaining = max(0, math.ceil(required - published_for))
+        self.remaining = max(0, math.ceil(required - max(0.0, published_for)))
         super().__init__(
             f"the next key {kid} has been published for {int(published_for)} s of the {required} s it needs "
             f"(JWKS max-age plus reload interval); it may become active in {self.remaining} s. "
@@ -86,15 +86,15 @@ class Policy:
         """Seconds ``key`` must be published before it signs: the longest any instance declared."""
         return max(key.publish_seconds, self.publish_seconds)
 
-    def activation_time(self, next_key: StoredKey) -> float:
-        """When ``next_key`` may start signing (epoch seconds)."""
+    def activation_time(self, next_key: StoredKey) -> datetime:
+        """When ``next_key`` may start signing."""
         published = next_key.published_at or next_key.created_at
-        return published.timestamp() + self.required_publication(next_key)
+        return published + timedelta(seconds=self.required_publication(next_key))
 
-    def rotation_time(self, active: StoredKey, next_key: StoredKey) -> float:
+    def rotation_time(self, active: StoredKey, next_key: StoredKey) -> datetime:
         """When the scheduler rotates: the interval after activation, not before the next key is ready."""
-        activated = (active.activated_at or active.created_at).timestamp()
-        return max(activated + self.rotation_interval, self.activation_time(next_key))
+        activated = active.activated_at or active.created_at
+        return max(activated + timedelta(seconds=self.rotation_interval), self.activation_time(next_key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +124,8 @@ def key_roles(keys: Sequence[StoredKey]) -> tuple[StoredKey, StoredKey]:
     return active[0], upcoming[0]
 
 
-def _at(epoch: float) -> datetime:
+def at(epoch: float) -> datetime:
+    """A clock reading as the store keeps it (microseconds), so that comparisons with stored times are exact."""
     return datetime.fromtimestamp(epoch, UTC)
 
 
@@ -143,34 +144,35 @@ class KeyLifecycle:
         """At start: make the first active and next key if there are none; if the next key's
         algorithm is not TESSERA_SIGNING_ALG, replace it (it never signed) so that the change takes
         effect at the next rotation. Returns (old, new) kid when the next key was replaced."""
-        now = self._clock()
-        keys = await self._store.published_keys(_at(now))
+        now = self._now()
+        keys = await self._store.published_keys(now)
         if not any(k.state == "active" for k in keys):
             active, upcoming = await asyncio.gather(self._new_key(None), self._new_key(None))
-            await self._store.create_initial_keys(active, upcoming, _at(now), self.policy.publish_seconds)
-            keys = await self._store.published_keys(_at(now))
+            await self._store.create_initial_keys(active, upcoming, now, self.policy.publish_seconds)
+            keys = await self._store.published_keys(now)
         active, next_key = key_roles(keys)
         if next_key.alg == self.policy.alg:
             return None
         new_next = await self._new_key(active)
         replaced = await self._store.replace_next(
-            next_key=next_key, active=active, new_next=new_next, now=_at(now), publish_seconds=self.policy.publish_seconds
+            next_key=next_key, active=active, new_next=new_next, now=now, publish_seconds=self.policy.publish_seconds
         )
         return (next_key.kid, new_next.kid) if replaced else None
 
     async def rotate(self, *, force: bool = False) -> Rotation:
         """``tessera keys rotate``: refused while the next key has not been published long enough."""
-        now = self._clock()
-        active, next_key = key_roles(await self._store.published_keys(_at(now)))
+        now = self._now()
+        active, next_key = key_roles(await self._store.published_keys(now))
         if not force and now < self.policy.activation_time(next_key):
-            published = (next_key.published_at or next_key.created_at).timestamp()
-            raise NotPublishedLongEnough(next_key.kid, now - published, self.policy.required_publication(next_key))
+            published_for = (now - (next_key.published_at or next_key.created_at)).total_seconds()
+            raise NotPublishedLongEnough(next_key.kid, published_for, self.policy.required_publication(next_key))
         return await self._rotate(active, next_key, revoke_old=False)
 
     async def rotate_if_due(self) -> Rotation | None:
         """The scheduler's step: rotate when due; None when not due or another process did it."""
-        active, next_key = key_roles(await self._store.published_keys(_at(self._clock())))
-        if self._clock() < self.policy.rotation_time(active, next_key):
+        now = self._now()
+        active, next_key = key_roles(await self._store.published_keys(now))
+        if now < self.policy.rotation_time(active, next_key):
             return None
         try:
             return await self._rotate(active, next_key, revoke_old=False)
@@ -184,12 +186,13 @@ class KeyLifecycle:
             raise UnknownKey(kid)
         if key.state == "revoked":
             return Revocation(kid, "revoked")
-        active, next_key = key_roles(await self._store.published_keys(_at(self._clock())))
+        now = self._now()
+        active, next_key = key_roles(await self._store.published_keys(now))
         if key.state == "active":
             return Revocation(kid, "active", rotation=await self._rotate(active, next_key, revoke_old=True))
         new_next = await self._new_key(active) if key.state == "next" else None
         revoked = await self._store.revoke(
-            key, active=active, now=_at(self._clock()), new_next=new_next, publish_seconds=self.policy.publish_seconds
+            key, active=active, now=now, new_next=new_next, publish_seconds=self.policy.publish_seconds
         )
         if not revoked:
             raise KeySetChanged()
@@ -205,15 +208,18 @@ class KeyLifecycle:
 
     # --- helpers ----------------------------------------------------------------------------------
 
+    def _now(self) -> datetime:
+        return at(self._clock())
+
     async def _rotate(self, active: StoredKey, next_key: StoredKey, *, revoke_old: bool) -> Rotation:
         new_next = await self._new_key(active)
-        now = self._clock()
-        expires = _at(now + self.policy.retire_seconds)
+        now = self._now()
+        expires = now + timedelta(seconds=self.policy.retire_seconds)
         rotated = await self._store.rotate(
             active=active,
             next_key=next_key,
             new_next=new_next,
-            now=_at(now),
+            now=now,
             publish_seconds=self.policy.publish_seconds,
             retired_expires_at=expires,
             revoke_old=revoke_old,

@@ -15,7 +15,7 @@ import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NoReturn
 
 import asyncpg
@@ -298,7 +298,7 @@ def _key_row(key: StoredKey, policy: Policy) -> dict[str, Any]:
         "expires_at": _when(key.expires_at),
     }
     if key.state == "next":
-        row["may_activate_at"] = _when(datetime.fromtimestamp(policy.activation_time(key), UTC))
+        row["may_activate_at"] = _when(policy.activation_time(key))
     return row
 
 

@@ -19,7 +19,7 @@ import asyncpg
 
 from keys.kek import KekRing
 from keys.keyring import Keyring, NoActiveKey
-from keys.lifecycle import KeyLifecycle, LifecycleError, Policy, Rotation, key_roles
+from keys.lifecycle import KeyLifecycle, LifecycleError, Policy, Rotation, at, key_roles
 from keys.store import KeyStore
 from server import events
 from server.middleware import DATABASE_UNAVAILABLE
@@ -96,7 +96,7 @@ class KeyScheduler:
             return None
         active, next_key = key_roles(snapshot.keys)
         await self._lifecycle.declare_publication(next_key)
-        if self._clock() < self._lifecycle.policy.rotation_time(active, next_key):
+        if at(self._clock()) < self._lifecycle.policy.rotation_time(active, next_key):
             return None
         rotation = await self._lifecycle.rotate_if_due()
         if rotation is not None:
