@@ -147,8 +147,8 @@ class KeyLifecycle:
         now = self._now()
         keys = await self._store.published_keys(now)
         if not any(k.state == "active" for k in keys):
-            active, upcoming = await asyncio.gather(self._new_key(None), self._new_key(None))
-            await self._store.create_initial_keys(active, upcoming, now, self.policy.publish_seconds)
+            first, second = await asyncio.gather(self._new_key(None), self._new_key(None))
+            await self._store.create_initial_keys(first, second, now, self.policy.publish_seconds)
             keys = await self._store.published_keys(now)
         active, next_key = key_roles(keys)
         if next_key.alg == self.policy.alg:
