@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 
-from keys.kek import KekRing
+from keys.kek import KekRing, UnsealError
 from keys.keyring import Keyring, NoActiveKey
 from keys.lifecycle import KeyLifecycle, LifecycleError, Policy, Rotation, at, key_roles
 from keys.store import KeyStore
@@ -113,8 +113,10 @@ class KeyScheduler:
             self._wake.clear()
             try:
                 await self.tick()
-            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError, LifecycleError) as exc:
+            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError, LifecycleError, UnsealError) as exc:
                 log.warning("key maintenance failed; retrying", extra={"cause": f"{type(exc).__name__}: {exc}"})
+            except Exception:  # a bug: log it in full, but never let this instance stop following the keys
+                log.exception("key maintenance failed unexpectedly; retrying")
 
     async def _listen(self) -> None:
         delay = 0.5

@@ -6,6 +6,9 @@ import base64
 import json
 import secrets
 
+import pytest
+
+from server.settings import SettingsError, load_settings
 from tests.key_helpers import lifecycle_on
 from tests.test_cli import tessera
 
@@ -66,3 +69,26 @@ async def test_keys_rewrap_needs_a_different_new_kek_and_can_run_twice(env, cloc
     # Afterwards the new KEK alone opens the keys; the old one alone no longer does.
     assert tessera({**env, "TESSERA_KEY_ENCRYPTION_KEY": new}, "keys", "rotate", "--force").returncode == 0
     assert "does not open" in _one_line_refusal(tessera(env, "keys", "rotate", "--force"))
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("TESSERA_KEY_RELOAD_INTERVAL", "0"),
+        ("TESSERA_KEY_RELOAD_INTERVAL", "often"),
+        ("TESSERA_NEW_KEY_ENCRYPTION_KEY", "short"),
+        ("TESSERA_NEW_KEY_ENCRYPTION_KEY_FILE", "/nonexistent/kek"),
+    ],
+)
+def test_a_bad_key_setting_stops_with_one_line_naming_the_variable(name, value):
+    with pytest.raises(SettingsError) as raised:
+        load_settings({name: value})
+    assert str(raised.value).startswith(name) and "\n" not in str(raised.value)
+
+
+def test_the_new_kek_can_come_from_a_file(tmp_path):
+    new = secrets.token_bytes(32)
+    path = tmp_path / "new-kek"
+    path.write_text(base64.urlsafe_b64encode(new).decode() + "\n")
+    settings = load_settings({"TESSERA_NEW_KEY_ENCRYPTION_KEY_FILE": str(path)})
+    assert settings.new_key_encryption_key == new and settings.key_reload_interval == 5.0
