@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -107,38 +108,41 @@ def server_logs(log_dir: Path) -> str:
     return "\n".join(path.read_text(errors="replace") for path in sorted(log_dir.glob("server-*.log")))
 
 
+def _spawn(env: dict[str, str], log_path: Path, issuer: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+            env={**env, "TESSERA_ISSUER": issuer},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return process, f"http://127.0.0.1:{port}"
+
+
 @contextlib.asynccontextmanager
 async def server_processes(env: dict[str, str], log_dir: Path, count: int, **extra: str) -> AsyncIterator[list[str]]:
     """Start ``count`` `tessera serve` processes on one database; yield their base URLs once all
-    are ready; stop them (SIGTERM, then SIGKILL) however the test ends."""
+    are ready; stop them (SIGTERM, then SIGKILL) however the test ends.
+
+    Each gets an issuer of its own, so that readiness is checked on this very process and not on
+    some other server that took the port first (the port is free when picked, not when bound; a
+    process that lost that race is started again on another port)."""
+    full_env = process_env(env, **extra)
     processes: list[subprocess.Popen[bytes]] = []
     urls: list[str] = []
     try:
-        for index in range(count):
-            port = free_port()
-            log = open(log_dir / f"server-{index}.log", "wb")
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
-                    env=process_env(env, **extra),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-            log.close()
-            urls.append(f"http://127.0.0.1:{port}")
         async with aiohttp.ClientSession() as session:
-            for url, process in zip(urls, processes):
-
-                async def ready(url: str = url, process: subprocess.Popen[bytes] = process) -> bool:
-                    assert process.poll() is None, server_logs(log_dir)
-                    try:
-                        async with session.get(f"{url}/readyz") as response:
-                            return response.status == 200
-                    except aiohttp.ClientConnectionError:
-                        return False
-
-                await eventually(ready, timeout=30, what=f"{url} ready")
+            for index in range(count):
+                issuer = f"https://tessera.test/instance-{index}-{secrets.token_hex(4)}"
+                for _attempt in range(3):
+                    process, url = _spawn(full_env, log_dir / f"server-{index}.log", issuer)
+                    processes.append(process)
+                    if await _ready(session, process, url, issuer):
+                        break
+                else:
+                    raise AssertionError(f"server {index} did not start:\n{server_logs(log_dir)}")
+                urls.append(url)
         yield urls
     finally:
         for process in processes:
@@ -149,3 +153,21 @@ async def server_processes(env: dict[str, str], log_dir: Path, count: int, **ext
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+async def _ready(session: aiohttp.ClientSession, process: subprocess.Popen[bytes], url: str, issuer: str) -> bool:
+    """True once this process answers ready; False if it exited (for example: port taken)."""
+
+    async def answered() -> str | None:
+        if process.poll() is not None:
+            return "exited"
+        try:
+            async with session.get(f"{url}/.well-known/oauth-authorization-server") as metadata:
+                if metadata.status != 200 or (await metadata.json())["issuer"] != issuer:
+                    return None
+            async with session.get(f"{url}/readyz") as response:
+                return "ready" if response.status == 200 else None
+        except aiohttp.ClientError:
+            return None
+
+    return await eventually(answered, timeout=30, what=f"{url} ready") == "ready"
