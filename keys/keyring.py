@@ -7,19 +7,21 @@ atomically; readers never see half a key set.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from keys import kek as kek_box
 from keys import material
 from keys.signer import Signer
-from keys.store import KeyStore, NewKey, StoredKey
+from keys.store import KeyStore, StoredKey
 
 
 class NoActiveKey(Exception):
-    """The store holds no active key (yet)."""
+    """The store holds no active key (yet), or this process cannot open it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,18 +39,16 @@ def jwks_document(keys: tuple[StoredKey, ...]) -> bytes:
     return json.dumps({"keys": [k.public_jwk for k in published]}, separators=(",", ":")).encode()
 
 
-def seal_new(alg: str, kek: bytes) -> NewKey:
-    made = material.generate(alg)
-    sealed = kek_box.seal(kek, made.private_jwk_json, made.kid.encode())
-    return NewKey(made.kid, made.alg, made.public_jwk, sealed)
-
-
 class Keyring:
-    def __init__(self, store: KeyStore, kek: bytes) -> None:
+    def __init__(
+        self, store: KeyStore, keks: kek_box.KekRing | bytes, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self._store = store
-        self._kek = kek
+        self._keks = keks if isinstance(keks, kek_box.KekRing) else kek_box.KekRing(keks)
+        self._clock = clock
         self._snapshot: Snapshot | None = None
         self._signers: dict[str, Signer] = {}
+        self.problem: str | None = None
 
     @property
     def snapshot(self) -> Snapshot:
@@ -58,35 +58,36 @@ class Keyring:
 
     @property
     def loaded(self) -> bool:
-        return self._snapshot is not None
-
-    async def ensure_initial_keys(self, alg: str) -> None:
-        """First start: make an active key and a pre-published next key (once, whoever races)."""
-        if any(k.state == "active" for k in await self._store.published_keys()):
-            return
-        loop = asyncio.get_running_loop()
-        active = await loop.run_in_executor(None, seal_new, alg, self._kek)
-        next_key = await loop.run_in_executor(None, seal_new, alg, self._kek)
-        await self._store.create_initial_keys(active, next_key)
+        """Ready to sign with the current active key (False while a reload keeps failing to open it)."""
+        return self._snapshot is not None and self.problem is None
 
     async def refresh(self) -> Snapshot:
-        keys = tuple(await self._store.published_keys())
+        """Reload the key set. Retired keys past their expiry leave it here, so call this now and
+        then even without a change. If the active key cannot be opened (a wrong KEK), the old
+        snapshot stays in place, ``problem`` says why, ``loaded`` turns False, and this raises."""
+        keys = tuple(await self._store.published_keys(datetime.fromtimestamp(self._clock(), UTC)))
         current = self._snapshot
         if current is not None and current.keys == keys:
+            self.problem = None
             return current
         active = [k for k in keys if k.state == "active"]
         if not active:
             raise NoActiveKey("no active signing key in the store")
-        signer = self._signer_for(active[0])
+        try:
+            signer = self._signer_for(active[0])
+        except (kek_box.UnsealError, ValueError) as exc:
+            self.problem = f"cannot open the active key {active[0].kid}: {exc}"
+            raise NoActiveKey(self.problem) from None
         body = jwks_document(keys)
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
         self._snapshot = Snapshot(keys, signer, body, etag)
+        self.problem = None
         return self._snapshot
 
     def _signer_for(self, key: StoredKey) -> Signer:
         signer = self._signers.get(key.kid)
         if signer is None:
-            private = kek_box.unseal(self._kek, key.private_sealed, key.kid.encode())
+            private = self._keks.unseal(key.private_sealed, key.kid.encode())
             signer = material.signer_from_private_jwk(key.alg, key.kid, private)
             self._signers = {key.kid: signer}  # only the active key ever signs
         return signer

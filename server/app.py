@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 from aiohttp import web
 
+from keys.kek import KekRing
 from keys.keyring import Keyring
 from server import db, metrics
 from server.client_auth import ClientAuthenticator, VerifiedSecretCache
 from server.grants import GrantServices, default_grants
+from server.key_scheduler import KeyScheduler, key_lifecycle
 from server.metrics import METRICS, Metrics
 from server.middleware import error_middleware, security_headers
 from server.passwords import SecretHasher
@@ -50,13 +52,11 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     return app
 
 
-async def prepare_database(pool: asyncpg.Pool, kek: bytes, signing_alg: str) -> Keyring:
+async def prepare_database(pool: asyncpg.Pool, settings: Settings, keks: KekRing, clock: Callable[[], float]) -> None:
     """Migrate and make the first keys: idempotent, so instances starting together are safe."""
     async with pool.acquire() as connection:
         await db.migrate(connection)
-    keyring = Keyring(PgKeyStore(pool), kek)
-    await keyring.ensure_initial_keys(signing_alg)
-    return keyring
+    await key_lifecycle(settings, PgKeyStore(pool), keks, clock).prepare()
 
 
 @contextlib.asynccontextmanager
@@ -72,8 +72,17 @@ async def open_services(
             observer=series,
         )
         try:
-            keyring = await prepare_database(pool, database.kek, settings.signing_alg)
-            await keyring.refresh()
+            await prepare_database(pool, settings, database.keks, clock)
+            key_store = PgKeyStore(pool)
+            keyring = Keyring(key_store, database.keks, clock=clock)
+            key_scheduler = KeyScheduler(
+                database.dsn,
+                keyring,
+                key_lifecycle(settings, key_store, database.keks, clock),
+                reload_interval=settings.key_reload_interval,
+                clock=clock,
+            )
+            await key_scheduler.prepare()
             if series is not None:
                 series.watch_keyring(keyring, clock)
             hasher = SecretHasher(settings.argon2)
@@ -82,7 +91,7 @@ async def open_services(
             grants = default_grants()
             tokens = AccessTokenIssuer(keyring, issuer=settings.issuer, ttl=settings.access_token_ttl, clock=clock)
             extras: dict[str, object] = {}
-            janitor = await open_sessions(pool, database.kek, settings, keyring, clock, extras)
+            janitor = await open_sessions(pool, database.keks, settings, keyring, clock, extras)
             services = Services(
                 settings=settings,
                 clock=clock,
@@ -100,7 +109,8 @@ async def open_services(
             log.info("ready", extra={"issuer": settings.issuer, "kid": keyring.snapshot.signer.kid})
             janitor.start()
             try:
-                yield services
+                async with key_scheduler.running():
+                    yield services
             finally:
                 await janitor.stop()
                 hasher.close()

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import re
 import secrets
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -19,13 +21,19 @@ from typing import Any, NoReturn
 
 import asyncpg
 
+from keys import kek as kek_box
+from keys.kek import UnsealError
+from keys.lifecycle import KeyLifecycle, LifecycleError, Policy, Rotation
+from keys.store import StoredKey
 from server import db, events
 from server.janitor import collect_garbage
+from server.key_scheduler import key_lifecycle, key_policy
 from server.passwords import SecretHasher
 from server.settings import Settings, SettingsError, load_settings
 from server.store import ClientStore, PgKeyStore, UserStore
 from server.store.clients import ClientExists
 from server.store.families import FamilyStore
+from server.store.keys import RewrapError
 from server.store.users import UserExists
 
 GRANT_TYPES = ("client_credentials", "password", "refresh_token")
@@ -67,20 +75,24 @@ def _split_list(raw: str, what: str, pattern: re.Pattern[str] | None = None) -> 
     return items
 
 
-def _with_store(settings: Settings, action: Callable[[Any], Awaitable[int]]) -> int:
-    """Open the database (starting the embedded one if needed), migrate, run ``action(pool)``."""
+def _with_database(settings: Settings, action: Callable[[Any, db.Database], Awaitable[int]]) -> int:
+    """Open the database (starting the embedded one if needed), migrate, run ``action(pool, database)``."""
 
-    async def run(dsn: str) -> int:
-        pool = await db.create_pool(dsn, size=2, statement_timeout=settings.db_statement_timeout)
+    async def run(database: db.Database) -> int:
+        pool = await db.create_pool(database.dsn, size=2, statement_timeout=settings.db_statement_timeout)
         try:
             async with pool.acquire() as connection:
                 await db.migrate(connection)
-            return await action(pool)
+            return await action(pool, database)
         finally:
             await pool.close()
 
     with db.open_database(settings) as database:
-        return asyncio.run(run(database.dsn))
+        return asyncio.run(run(database))
+
+
+def _with_store(settings: Settings, action: Callable[[Any], Awaitable[int]]) -> int:
+    return _with_database(settings, lambda pool, _: action(pool))
 
 
 # --- clients -----------------------------------------------------------------------------------
@@ -308,8 +320,7 @@ def gc_command(args: argparse.Namespace, settings: Settings) -> int:
     async def action(pool: Any) -> int:
         collected = await collect_garbage(pool, datetime.now(UTC))
         text = f"deleted {collected.families} refresh-token families, {collected.security_events} security events"
-        if collected.keys is not None:
-            text += f", {collected.keys} signing keys"
+        text += f", {collected.keys} signing keys"
         _emit(args, collected.as_dict(), text)
         return 0
 
@@ -319,27 +330,137 @@ def gc_command(args: argparse.Namespace, settings: Settings) -> int:
 # --- keys, migrate, serve ----------------------------------------------------------------------
 
 
+def _when(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _key_row(key: StoredKey, policy: Policy) -> dict[str, Any]:
+    row = {
+        "kid": key.kid,
+        "alg": key.alg,
+        "state": key.state,
+        "created_at": _when(key.created_at),
+        "published_at": _when(key.published_at),
+        "activated_at": _when(key.activated_at),
+        "retired_at": _when(key.retired_at),
+        "revoked_at": _when(key.revoked_at),
+        "expires_at": _when(key.expires_at),
+    }
+    if key.state == "next":
+        row["may_activate_at"] = _when(policy.activation_time(key))
+    return row
+
+
+_KEY_DATE = {"next": "may_activate_at", "active": "activated_at", "retired": "expires_at", "revoked": "revoked_at"}
+_KEY_DATE_LABEL = {"next": "signs from", "active": "since", "retired": "published until", "revoked": "revoked"}
+
+
 def keys_list(args: argparse.Namespace, settings: Settings) -> int:
     async def action(pool: Any) -> int:
-        keys = await PgKeyStore(pool).all_keys()
-        rows = [
-            {
-                "kid": k.kid,
-                "alg": k.alg,
-                "state": k.state,
-                "created_at": k.created_at.isoformat(),
-                "activated_at": k.activated_at.isoformat() if k.activated_at else None,
-                "retired_at": k.retired_at.isoformat() if k.retired_at else None,
-                "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
-                "expires_at": k.expires_at.isoformat() if k.expires_at else None,
-            }
-            for k in keys
-        ]
-        text = "\n".join(f"{r['kid']}\t{r['alg']}\t{r['state']}\tcreated {r['created_at']}" for r in rows)
+        policy = key_policy(settings)
+        rows = [_key_row(k, policy) for k in await PgKeyStore(pool).all_keys()]
+        text = "\n".join(
+            f"{r['kid']}\t{r['alg']}\t{r['state']}\t{_KEY_DATE_LABEL[r['state']]} {r[_KEY_DATE[r['state']]]}"
+            for r in rows
+        )
         _emit(args, rows, text or "(no keys yet: the first `tessera serve` makes them)")
         return 0
 
     return _with_store(settings, action)
+
+
+def _with_lifecycle(settings: Settings, action: Callable[[KeyLifecycle], Awaitable[int]]) -> int:
+    async def run(pool: Any, database: db.Database) -> int:
+        try:
+            return await action(key_lifecycle(settings, PgKeyStore(pool), database.keks, time.time))
+        except LifecycleError as exc:
+            raise CommandError(str(exc)) from None
+        except UnsealError:
+            raise CommandError(
+                "the key-encryption key does not open the active signing key (TESSERA_KEY_ENCRYPTION_KEY)"
+            ) from None
+
+    return _with_database(settings, run)
+
+
+def _rotation_summary(rotation: Rotation) -> dict[str, Any]:
+    return {
+        "active": rotation.activated.kid,
+        "retired": None if rotation.revoked else rotation.retired.kid,
+        "retired_expires_at": None if rotation.revoked else rotation.retired_expires_at.isoformat(),
+        "revoked": rotation.retired.kid if rotation.revoked else None,
+        "next": rotation.next_key.kid,
+        "next_alg": rotation.next_key.alg,
+        "early": rotation.early,
+    }
+
+
+def _warn_if_early(rotation: Rotation) -> None:
+    if rotation.early:
+        print(
+            f"tessera: warning: {rotation.activated.kid} signs before resource servers' cached JWKS must hold it;"
+            " they fetch it again on the unknown kid",
+            file=sys.stderr,
+        )
+
+
+def keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(lifecycle: KeyLifecycle) -> int:
+        rotation = await lifecycle.rotate(force=args.force)
+        _warn_if_early(rotation)
+        _emit(
+            args,
+            _rotation_summary(rotation),
+            f"{rotation.activated.kid} ({rotation.activated.alg}) signs now; {rotation.retired.kid} retired, "
+            f"published until {rotation.retired_expires_at.isoformat()}; "
+            f"new next key {rotation.next_key.kid} ({rotation.next_key.alg})",
+        )
+        return 0
+
+    return _with_lifecycle(settings, action)
+
+
+def keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(lifecycle: KeyLifecycle) -> int:
+        revocation = await lifecycle.revoke(args.kid)
+        data: dict[str, Any] = {"kid": revocation.kid, "revoked": True, "previous_state": revocation.previous_state}
+        text = f"{revocation.kid} revoked (was {revocation.previous_state}); it has left the JWKS of every instance"
+        if revocation.previous_state == "revoked":
+            text = f"{revocation.kid} was already revoked"
+        if revocation.rotation is not None:
+            _warn_if_early(revocation.rotation)
+            data.update(_rotation_summary(revocation.rotation))
+            text += f"; {revocation.rotation.activated.kid} signs now; new next key {revocation.rotation.next_key.kid}"
+        if revocation.next_key is not None:
+            data["next"] = revocation.next_key.kid
+            text += f"; new next key {revocation.next_key.kid}"
+        _emit(args, data, text)
+        return 0
+
+    return _with_lifecycle(settings, action)
+
+
+def keys_rewrap(args: argparse.Namespace, settings: Settings) -> int:
+    new = settings.new_key_encryption_key
+    if new is None:
+        raise CommandError("set TESSERA_NEW_KEY_ENCRYPTION_KEY (or _FILE) to the new key-encryption key")
+
+    async def action(pool: Any, database: db.Database) -> int:
+        if new == database.kek:
+            raise CommandError("TESSERA_NEW_KEY_ENCRYPTION_KEY is the key-encryption key already in use")
+        try:
+            keys, secrets_count = await PgKeyStore(pool).rewrap(functools.partial(kek_box.reseal, database.kek, new))
+        except RewrapError as exc:
+            raise CommandError(f"{exc}; nothing was changed") from None
+        _emit(
+            args,
+            {"keys": keys, "secrets": secrets_count},
+            f"re-sealed {keys} private keys and {secrets_count} server secrets under the new key-encryption key; "
+            "next: set TESSERA_KEY_ENCRYPTION_KEY to it, unset TESSERA_NEW_KEY_ENCRYPTION_KEY, restart one by one",
+        )
+        return 0
+
+    return _with_database(settings, action)
 
 
 def migrate_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -416,6 +537,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="subcommand", required=True, metavar="SUBCOMMAND"
     )
     command(keys, "list", keys_list, "list signing keys")
+    rotate_keys = command(keys, "rotate", keys_rotate, "the next key signs, a new next key is made, the old one retires")
+    rotate_keys.add_argument(
+        "--force", action="store_true", help="rotate even if the next key has not been published long enough"
+    )
+    rotate_keys.set_defaults(needs_kek=True)
+    revoke_key = command(keys, "revoke", keys_revoke, "take a key out of the JWKS now (the active key rotates first)")
+    revoke_key.add_argument("kid", metavar="KID")
+    revoke_key.set_defaults(needs_kek=True)
+    rewrap = command(keys, "rewrap", keys_rewrap, "re-seal every private key and server secret under a new KEK")
+    rewrap.set_defaults(needs_kek=True)
 
     sessions = commands.add_parser("sessions", help="manage refresh-token sessions").add_subparsers(
         dest="subcommand", required=True, metavar="SUBCOMMAND"

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from keys.kek import KekRing
 from server.settings import Settings, SettingsError, decode_kek
 
 log = logging.getLogger("tessera.db")
@@ -39,19 +40,25 @@ class Database:
     dsn: str
     kek: bytes  # empty when the command was started without one (it then never opens a key)
     embedded: Any = None  # the pgserver handle, kept alive while the process uses it
+    new_kek: bytes | None = None  # only while the KEK is being changed (TESSERA_NEW_KEY_ENCRYPTION_KEY)
+
+    @property
+    def keks(self) -> KekRing:
+        """What opens sealed keys and secrets: the KEK and, during a change, the new one."""
+        return KekRing(self.kek, self.new_kek)
 
 
 @contextlib.contextmanager
 def open_database(settings: Settings) -> Iterator[Database]:
     """Yield the DSN to use: the configured server, or the embedded one started on demand."""
     if settings.database_url is not None:
-        yield Database(settings.database_url, settings.key_encryption_key or b"")
+        yield Database(settings.database_url, settings.key_encryption_key or b"", None, settings.new_key_encryption_key)
         return
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     kek = settings.key_encryption_key or _dev_kek(settings.data_dir)
     server = _start_embedded(settings.data_dir / "pg")
     try:
-        yield Database(server.get_uri(), kek, server)
+        yield Database(server.get_uri(), kek, server, settings.new_key_encryption_key)
     finally:
         server.cleanup()
 

@@ -81,6 +81,27 @@ def key_revoked(kid: str) -> None:
     security_log.warning("signing key revoked", extra={"event": "key_revoked", "kid": kid})
 
 
+def key_next_replaced(old_kid: str, new_kid: str, alg: str) -> None:
+    """TESSERA_SIGNING_ALG changed: the unused next key was replaced by one of the new algorithm."""
+    log.info("next signing key replaced", extra={"event": "key_next_replaced", "kid": new_kid, "old_kid": old_kid,
+                                                 "alg": alg})
+
+
+def keys_rewrapped(keys: int, secrets: int) -> None:
+    security_log.warning("private keys re-sealed under a new key-encryption key",
+                         extra={"event": "keys_rewrapped", "keys": keys, "secrets": secrets})
+
+
+def keyring_problem(problem: str) -> None:
+    """This instance cannot load the key set it should sign with (it reports not ready)."""
+    log.error("keyring not loaded", extra={"event": "keyring_problem", "problem": problem})
+
+
+def key_listener_lost(cause: str) -> None:
+    """The LISTEN connection for key changes dropped; it reconnects, and polling covers the gap."""
+    log.warning("key change listener lost; reconnecting", extra={"event": "key_listener_lost", "cause": cause})
+
+
 def login_failed(kind: str, subject: str, remote: str | None) -> None:
     """A failed password login (kind "user") or client authentication (kind "client")."""
     if (series := metrics.current()) is not None:

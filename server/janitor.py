@@ -43,9 +43,9 @@ _PASS_FAILED: tuple[type[BaseException], ...] = (*DATABASE_UNAVAILABLE, asyncpg.
 class Collected:
     families: int
     security_events: int
-    keys: int | None  # None: this build has no key clean-up (see collect_garbage)
+    keys: int
 
-    def as_dict(self) -> dict[str, int | None]:
+    def as_dict(self) -> dict[str, int]:
         return {"families": self.families, "security_events": self.security_events, "keys": self.keys}
 
 
@@ -66,16 +66,10 @@ async def collect_garbage(
         if deleted < GC_EVENTS_PER_STATEMENT:
             break
         await asyncio.sleep(pause)
-    # TODO(merge): PgKeyStore.delete_expired_keys(now) comes with the key-lifecycle branch; until
-    # then this build has nothing to call. Check its signature and return value when merging.
-    delete_expired_keys = getattr(PgKeyStore(pool), "delete_expired_keys", None)
-    keys = None
-    if delete_expired_keys is not None:
-        result = await delete_expired_keys(now)
-        keys = len(result) if isinstance(result, (list, tuple)) else int(result or 0)
+    keys = await PgKeyStore(pool).delete_expired_keys(now)
     events.garbage_collected("refresh_families", families)
     events.garbage_collected("security_events", security_events)
-    events.garbage_collected("signing_keys", keys or 0)
+    events.garbage_collected("signing_keys", keys)
     return Collected(families, security_events, keys)
 
 

@@ -16,6 +16,8 @@ without ever having stored it. The walk is bounded (``MAX_CHAIN_WALK``).
 
 from __future__ import annotations
 
+from keys.kek import KekRing
+
 import asyncio
 import base64
 import binascii
@@ -166,7 +168,7 @@ class RefreshFamilies:
 
     @classmethod
     async def open(
-        cls, pool: asyncpg.Pool, kek: bytes, *, refresh_token_ttl: int, session_ttl: int, reuse_grace: int,
+        cls, pool: asyncpg.Pool, kek: bytes | KekRing, *, refresh_token_ttl: int, session_ttl: int, reuse_grace: int,
         clock: Callable[[], float],
     ) -> RefreshFamilies:
         chain = RefreshChain(await server_secret(pool, kek, SECRET_NAME))

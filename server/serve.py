@@ -171,7 +171,7 @@ class Supervisor:
     async def _prepare(self, database: db.Database) -> None:
         pool = await db.create_pool(database.dsn, size=1, statement_timeout=self.settings.db_statement_timeout)
         try:
-            await prepare_database(pool, database.kek, self.settings.signing_alg)
+            await prepare_database(pool, self.settings, database.keks, time.time)
         finally:
             await pool.close()
 

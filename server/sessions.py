@@ -3,6 +3,8 @@ password and refresh_token grants), revocation, introspection and the background
 
 from __future__ import annotations
 
+from keys.kek import KekRing
+
 from collections.abc import Callable
 
 import asyncpg
@@ -17,7 +19,7 @@ from server.settings import Settings
 
 async def open_sessions(
     pool: asyncpg.Pool,
-    kek: bytes,
+    kek: bytes | KekRing,
     settings: Settings,
     keyring: Keyring,
     clock: Callable[[], float],

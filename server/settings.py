@@ -53,6 +53,10 @@ class Settings:
     db_statement_timeout: float
     argon2: Argon2Profile
     max_body_bytes: int
+    # How often each instance reloads its keyring without a notification (the fallback to LISTEN).
+    key_reload_interval: float = 5.0
+    # Only while changing the KEK: the new one (see `tessera keys rewrap`).
+    new_key_encryption_key: bytes | None = None
 
     @property
     def embedded_database(self) -> bool:
@@ -123,8 +127,8 @@ def _inline_or_file(env: Mapping[str, str], name: str) -> tuple[str, str] | None
     return None
 
 
-def _kek(env: Mapping[str, str]) -> bytes | None:
-    found = _inline_or_file(env, "TESSERA_KEY_ENCRYPTION_KEY")
+def _kek(env: Mapping[str, str], name: str = "TESSERA_KEY_ENCRYPTION_KEY") -> bytes | None:
+    found = _inline_or_file(env, name)
     return decode_kek(found[0], found[1]) if found else None
 
 
@@ -192,7 +196,9 @@ def load_settings(
     grace = _int(env, "TESSERA_REFRESH_REUSE_GRACE", 0, 0, 300)
     rotation = _int(env, "TESSERA_KEY_ROTATION_INTERVAL", 604800, 60, 10 * year)
     jwks_max_age = _int(env, "TESSERA_JWKS_MAX_AGE", 300, 0, 7 * 86400)
+    key_reload = _float(env, "TESSERA_KEY_RELOAD_INTERVAL", 5.0, 0.05, 300.0)
     kek = _kek(env)
+    new_kek = _kek(env, "TESSERA_NEW_KEY_ENCRYPTION_KEY")
     if database_url is not None and kek is None and require_kek:
         raise SettingsError(
             "TESSERA_KEY_ENCRYPTION_KEY: required when TESSERA_DATABASE_URL is set "
@@ -236,4 +242,6 @@ def load_settings(
         db_statement_timeout=statement_timeout,
         argon2=argon2,
         max_body_bytes=max_body,
+        key_reload_interval=key_reload,
+        new_key_encryption_key=new_kek,
     )

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -128,8 +129,12 @@ def image_env() -> dict[str, str]:
 async def test_the_built_wheel_serves_with_the_images_entry_point_and_passes_its_healthcheck(processes, env, tmp_path):
     """Build the wheel the image installs, then run ENTRYPOINT + CMD from it (not from this source
     tree) with the image's environment, and the HEALTHCHECK command against it."""
+    # From a copy without build leftovers: setuptools reuses ./build, which may hold stale files.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        "build", ".venv", "*.egg-info", ".git", ".tessera", "__pycache__", ".pytest_cache"))
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(source)],
         capture_output=True, text=True, timeout=180,
     )
     assert built.returncode == 0, built.stderr

@@ -1,0 +1,173 @@
+"""Helpers for the key-lifecycle tests: wait for a condition, run a Tessera server in-process or
+as a real `tessera serve` process, build a lifecycle over the test database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import asyncpg
+from aiohttp.test_utils import TestClient, TestServer
+from joserfc.jwk import KeySet
+
+from keys import material
+from keys.kek import KekRing, seal
+from keys.lifecycle import KeyLifecycle
+from keys.store import NewKey
+from server.app import create_app
+from server.key_scheduler import key_lifecycle
+from server.settings import decode_kek, load_settings
+from server.store import PgKeyStore
+
+T = TypeVar("T")
+
+# A next key may sign after ceil(max-age + reload) = 61 s; the scheduler ticks every 50 ms.
+FAST_KEYS = {"TESSERA_JWKS_MAX_AGE": "60", "TESSERA_KEY_RELOAD_INTERVAL": "0.05", "TESSERA_KEY_ROTATION_INTERVAL": "3600"}
+
+
+async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 5.0, what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def in_process_server(env: dict[str, str], clock: Callable[[], float], **extra: str) -> AsyncIterator[TestClient[Any, Any]]:
+    settings = load_settings({**env, **extra})
+    async with TestClient(TestServer(create_app(settings, clock=clock), host="127.0.0.1")) as http:
+        yield http
+
+
+def lifecycle_for(pool: asyncpg.Pool, env: dict[str, str], clock: Callable[[], float], **extra: str) -> KeyLifecycle:
+    settings = load_settings({**env, **extra})
+    assert settings.key_encryption_key is not None
+    keks = KekRing(settings.key_encryption_key, settings.new_key_encryption_key)
+    return key_lifecycle(settings, PgKeyStore(pool), keks, clock)
+
+
+@contextlib.asynccontextmanager
+async def lifecycle_on(env: dict[str, str], clock: Callable[[], float], **extra: str) -> AsyncIterator[KeyLifecycle]:
+    """A KeyLifecycle with its own pool, as one more instance (or CLI) would have."""
+    pool = await asyncpg.create_pool(env["TESSERA_DATABASE_URL"], min_size=1, max_size=2)
+    try:
+        yield lifecycle_for(pool, env, clock, **extra)
+    finally:
+        await pool.close()
+
+
+def kek_bytes(text: str) -> bytes:
+    return decode_kek(text, "kek")
+
+
+def new_key(kek: bytes, alg: str = "ES256") -> NewKey:
+    made = material.generate(alg)
+    return NewKey(made.kid, made.alg, made.public_jwk, seal(kek, made.private_jwk_json, made.kid.encode()))
+
+
+async def jwks_of(http: TestClient[Any, Any] | aiohttp.ClientSession, base: str = "") -> tuple[KeySet, list[str]]:
+    """The key set an instance serves, and its kids in order (the active key first)."""
+    async with http.get(f"{base}/.well-known/jwks.json") as response:
+        assert response.status == 200
+        document = await response.json(content_type=None)
+    return KeySet.import_key_set(document), [k["kid"] for k in document["keys"]]
+
+
+# --- real `tessera serve` processes ------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def process_env(env: dict[str, str], **extra: str) -> dict[str, str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    full.update(env)
+    full.update(extra)
+    return full
+
+
+def server_logs(log_dir: Path) -> str:
+    return "\n".join(path.read_text(errors="replace") for path in sorted(log_dir.glob("server-*.log")))
+
+
+def _spawn(env: dict[str, str], log_path: Path, issuer: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+            env={**env, "TESSERA_ISSUER": issuer},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return process, f"http://127.0.0.1:{port}"
+
+
+@contextlib.asynccontextmanager
+async def server_processes(env: dict[str, str], log_dir: Path, count: int, **extra: str) -> AsyncIterator[list[str]]:
+    """Start ``count`` `tessera serve` processes on one database; yield their base URLs once all
+    are ready; stop them (SIGTERM, then SIGKILL) however the test ends.
+
+    Each gets an issuer of its own, so that readiness is checked on this very process and not on
+    some other server that took the port first (the port is free when picked, not when bound; a
+    process that lost that race is started again on another port)."""
+    full_env = process_env(env, **extra)
+    processes: list[subprocess.Popen[bytes]] = []
+    urls: list[str] = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            for index in range(count):
+                issuer = f"https://tessera.test/instance-{index}-{secrets.token_hex(4)}"
+                for _attempt in range(3):
+                    process, url = _spawn(full_env, log_dir / f"server-{index}.log", issuer)
+                    processes.append(process)
+                    if await _ready(session, process, url, issuer):
+                        break
+                else:
+                    raise AssertionError(f"server {index} did not start:\n{server_logs(log_dir)}")
+                urls.append(url)
+        yield urls
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def _ready(session: aiohttp.ClientSession, process: subprocess.Popen[bytes], url: str, issuer: str) -> bool:
+    """True once this process answers ready; False if it exited (for example: port taken)."""
+
+    async def answered() -> str | None:
+        if process.poll() is not None:
+            return "exited"
+        try:
+            async with session.get(f"{url}/.well-known/oauth-authorization-server") as metadata:
+                if metadata.status != 200 or (await metadata.json())["issuer"] != issuer:
+                    return None
+            async with session.get(f"{url}/readyz") as response:
+                return "ready" if response.status == 200 else None
+        except aiohttp.ClientError:
+            return None
+
+    return await eventually(answered, timeout=30, what=f"{url} ready") == "ready"
