@@ -50,3 +50,13 @@ def key_revoked(kid: str) -> None:
 
 def login_failed(kind: str, subject: str, remote: str | None) -> None:
     """A failed password login (kind "user") or client authentication (kind "client")."""
+
+
+def login_throttled(kind: str, remote: str) -> None:
+    """An attempt for a throttled username or client (kind "user"/"client") from ``remote`` got 429."""
+    security_log.warning("login throttled", extra={"event": "login_throttled", "kind": kind, "remote": remote})
+
+
+def hasher_saturated() -> None:
+    """A password or secret check was refused because the argon2 queue was full (503)."""
+    log.warning("argon2 queue full; request refused", extra={"event": "hasher_saturated"})

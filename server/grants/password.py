@@ -1,7 +1,9 @@
 """RFC 6749 section 4.3: resource owner password credentials.
 
 Every failure (unknown user, wrong password, disabled user) is the same ``invalid_grant`` after
-the same argon2 work, so neither the answer nor its timing says whether a username exists.
+the same argon2 work, so neither the answer nor its timing says whether a username exists. Each
+attempt is charged to the login throttle (per username and address, and per address) before the
+user is even looked up, so a throttled attempt costs one query and never reaches argon2.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from server.errors import InvalidGrant, InvalidRequest
+from server import events
+from server.errors import InvalidGrant, InvalidRequest, TemporarilyUnavailable
 from server.grants.base import TokenRequest, granted_scopes, parse_scope, resolve_audience, token_response
 from server.store import User
 
@@ -36,10 +39,18 @@ class PasswordGrant:
         scopes = granted_scopes(parse_scope(form.get("scope")), request.client.scopes)
         audience = resolve_audience(form, request.client)
         services = request.services
+        attempt = services.throttle.attempt("user", username, request.remote)
+        await services.throttle.reserve(attempt)
         user = await services.users.by_username(username)
-        matched = await services.hasher.verify(user.password_hash if user else None, password)
+        try:
+            matched = await services.hasher.verify(user.password_hash if user else None, password)
+        except TemporarilyUnavailable:
+            await services.throttle.not_checked(attempt)
+            raise
         if user is None or not matched or user.disabled:
+            events.login_failed("user", username, request.remote)
             raise InvalidGrant("invalid username or password")
+        await services.throttle.succeeded(attempt)
         if services.hasher.needs_rehash(user.password_hash):
             await services.users.rehash_password(user.user_id, user.password_hash, await services.hasher.hash(password))
         return PasswordRequest(user, scopes, audience)

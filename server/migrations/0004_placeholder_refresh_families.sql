@@ -1,0 +1,3 @@
+-- Placeholder on the hardening branch only: migrations must be numbered 1..n without gaps, and
+-- 0004 (refresh-token families) is written on another branch. Delete this file when merging that one.
+SELECT 1;
