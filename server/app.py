@@ -13,12 +13,17 @@ from aiohttp import web
 from keys.keyring import Keyring
 from server import db
 from server.client_auth import ClientAuthenticator, VerifiedSecretCache
+from server.cors import install_cors
 from server.grants import GrantServices, default_grants
+from server.limits import connection_limits, deadline_middleware
 from server.middleware import error_middleware, security_headers
 from server.passwords import SecretHasher
 from server.services import SERVICES, Services
 from server.settings import Settings
 from server.store import ClientStore, PgKeyStore, UserStore
+from server.store.login_failures import LoginFailureStore
+from server.store.secrets import server_secret
+from server.throttle import LoginThrottle
 from server.tokens import AccessTokenIssuer
 from server.views import add_routes, metadata_document
 
@@ -27,11 +32,12 @@ log = logging.getLogger("tessera")
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[error_middleware, deadline_middleware(settings)],
         client_max_size=settings.max_body_bytes,
-        handler_args={"max_line_size": 8190, "max_field_size": 8190},
+        handler_args=connection_limits(settings),
     )
     app.on_response_prepare.append(security_headers)
+    install_cors(app, settings.cors_origins)
     add_routes(app)
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -50,8 +56,11 @@ async def open_services(settings: Settings, clock: Callable[[], float]) -> Async
     with contextlib.ExitStack() as stack:
         # Starting the embedded PostgreSQL blocks for a moment; do it off the loop.
         database = await loop.run_in_executor(None, stack.enter_context, db.open_database(settings))
-        pool = await db.create_pool(
-            database.dsn, size=settings.db_pool_size, statement_timeout=settings.db_statement_timeout
+        pool = await db.create_pool_when_reachable(
+            database.dsn,
+            size=settings.db_pool_size,
+            statement_timeout=settings.db_statement_timeout,
+            wait=settings.db_startup_wait,
         )
         try:
             async with pool.acquire() as connection:
@@ -59,8 +68,15 @@ async def open_services(settings: Settings, clock: Callable[[], float]) -> Async
             keyring = Keyring(PgKeyStore(pool), database.kek)
             await keyring.ensure_initial_keys(settings.signing_alg)
             await keyring.refresh()
-            hasher = SecretHasher(settings.argon2)
+            hasher = SecretHasher(settings.argon2, threads=settings.argon2_threads, queue=settings.argon2_queue)
             await hasher.warm_up()
+            throttle = LoginThrottle(
+                LoginFailureStore(pool),
+                await server_secret(pool, database.kek, "login-throttle"),
+                max_failures=settings.login_max_failures,
+                max_failures_per_address=settings.login_max_failures_per_address,
+                clock=clock,
+            )
             clients, users = ClientStore(pool), UserStore(pool)
             grants = default_grants()
             tokens = AccessTokenIssuer(keyring, issuer=settings.issuer, ttl=settings.access_token_ttl, clock=clock)
@@ -73,9 +89,9 @@ async def open_services(settings: Settings, clock: Callable[[], float]) -> Async
                 hasher=hasher,
                 clients=clients,
                 users=users,
-                authenticator=ClientAuthenticator(clients, hasher, VerifiedSecretCache()),
+                authenticator=ClientAuthenticator(clients, hasher, VerifiedSecretCache(), throttle),
                 grants=grants,
-                grant_services=GrantServices(tokens, users, hasher, clock, extras),
+                grant_services=GrantServices(tokens, users, hasher, clock, extras, throttle),
                 metadata_body=metadata_document(settings.issuer, sorted(grants), {}),
                 extras=extras,
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,6 +53,14 @@ class Settings:
     db_statement_timeout: float
     argon2: Argon2Profile
     max_body_bytes: int
+    # Hardening (docs/hardening.md): abuse, slow clients, browsers.
+    login_max_failures_per_address: int = 100
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    argon2_threads: int = 2
+    argon2_queue: int = 64
+    client_timeout: float = 15.0
+    db_startup_wait: float = 30.0
+    cors_origins: frozenset[str] = frozenset()
 
     @property
     def embedded_database(self) -> bool:
@@ -130,6 +139,27 @@ def _issuer(raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _networks(env: Mapping[str, str], name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for item in (_text(env, name, "") or "").replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(f"{name}: {item!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
+
+
+def _origins(env: Mapping[str, str], name: str) -> frozenset[str]:
+    """Exact browser origins (scheme://host[:port]); never a wildcard, never a path."""
+    origins = set()
+    for item in (_text(env, name, "") or "").split():
+        parts = urlsplit(item)
+        if item == "*" or parts.scheme not in ("http", "https") or not parts.netloc or item != f"{parts.scheme}://{parts.netloc}":
+            raise SettingsError(f"{name}: {item!r} is not an origin like https://app.example (no '*', no path)")
+        origins.add(item.lower())
+    return frozenset(origins)
+
+
 def load_settings(
     env: Mapping[str, str] | None = None, *, require_kek: bool = True, **overrides: object
 ) -> Settings:
@@ -181,6 +211,7 @@ def load_settings(
         parallelism=_int(env, "TESSERA_ARGON2_PARALLELISM", 1, 1, 64),
     )
     max_body = _int(env, "TESSERA_MAX_BODY_BYTES", 16384, 1024, 1024 * 1024)
+    per_address = _int(env, "TESSERA_LOGIN_MAX_FAILURES_PER_ADDRESS", 100, 0, 1_000_000)
     return Settings(
         database_url=database_url,
         data_dir=data_dir,
@@ -202,4 +233,11 @@ def load_settings(
         db_statement_timeout=statement_timeout,
         argon2=argon2,
         max_body_bytes=max_body,
+        login_max_failures_per_address=per_address,
+        trusted_proxies=_networks(env, "TESSERA_TRUSTED_PROXIES"),
+        argon2_threads=_int(env, "TESSERA_ARGON2_THREADS", 2, 1, 256),
+        argon2_queue=_int(env, "TESSERA_ARGON2_QUEUE", 64, 0, 100_000),
+        client_timeout=_float(env, "TESSERA_CLIENT_TIMEOUT", 15.0, 0.5, 300.0),
+        db_startup_wait=_float(env, "TESSERA_DB_STARTUP_WAIT", 30.0, 0.0, 3600.0),
+        cors_origins=_origins(env, "TESSERA_CORS_ORIGINS"),
     )
