@@ -86,7 +86,8 @@ class LoginThrottle:
         return Attempt(self._counter(kind, subject, where, self._max_failures), address)
 
     def _retry_after(self, count: FailureCount, now: float) -> int:
-        return max(1, math.ceil(count.window_start + WINDOW_SECONDS - now))
+        # Rounded to the millisecond first: the database keeps microseconds, the clock more.
+        return max(1, math.ceil(round(count.window_start + WINDOW_SECONDS - now, 3)))
 
     def refuse_if_blocked(self, attempt: Attempt, count: FailureCount | None) -> None:
         """The read-only check: ``count`` is the subject counter as just read with the client."""
