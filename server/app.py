@@ -101,4 +101,4 @@ async def open_services(settings: Settings, clock: Callable[[], float]) -> Async
             finally:
                 hasher.close()
         finally:
-            await pool.close()
+            await db.close_pool(pool, timeout=settings.db_statement_timeout)

@@ -120,6 +120,16 @@ async def create_pool_when_reachable(dsn: str, *, size: int, statement_timeout: 
             await asyncio.sleep(delay)
 
 
+async def close_pool(pool: asyncpg.Pool, timeout: float) -> None:
+    """Close gracefully, but never hang a shutdown on a database that stopped answering."""
+    try:
+        async with asyncio.timeout(timeout):
+            await pool.close()
+    except TimeoutError:
+        log.warning("database did not answer the pool's goodbye; connections dropped")
+        pool.terminate()
+
+
 def _migrations() -> list[tuple[int, str, str]]:
     found = []
     for entry in importlib.resources.files("server.migrations").iterdir():
@@ -170,4 +180,4 @@ async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await connection.close()
 
 
-__all__ = ["Database", "connect", "create_pool", "create_pool_when_reachable", "migrate", "open_database"]
+__all__ = ["Database", "close_pool", "connect", "create_pool", "create_pool_when_reachable", "migrate", "open_database"]
