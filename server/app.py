@@ -69,7 +69,10 @@ async def open_services(settings: Settings, clock: Callable[[], float]) -> Async
             await keyring.ensure_initial_keys(settings.signing_alg)
             await keyring.refresh()
             hasher = SecretHasher(settings.argon2, threads=settings.argon2_threads, queue=settings.argon2_queue)
+            # Client secrets get a lane of their own: a flood of wrong passwords cannot starve it.
+            client_hasher = SecretHasher(settings.argon2, threads=1, queue=settings.argon2_queue)
             await hasher.warm_up()
+            await client_hasher.warm_up()
             throttle = LoginThrottle(
                 LoginFailureStore(pool),
                 await server_secret(pool, database.kek, "login-throttle"),
@@ -89,7 +92,7 @@ async def open_services(settings: Settings, clock: Callable[[], float]) -> Async
                 hasher=hasher,
                 clients=clients,
                 users=users,
-                authenticator=ClientAuthenticator(clients, hasher, VerifiedSecretCache(), throttle),
+                authenticator=ClientAuthenticator(clients, client_hasher, VerifiedSecretCache(), throttle),
                 grants=grants,
                 grant_services=GrantServices(tokens, users, hasher, clock, extras, throttle),
                 metadata_body=metadata_document(settings.issuer, sorted(grants), {}),
@@ -100,5 +103,6 @@ async def open_services(settings: Settings, clock: Callable[[], float]) -> Async
                 yield services
             finally:
                 hasher.close()
+                client_hasher.close()
         finally:
             await db.close_pool(pool, timeout=settings.db_statement_timeout)
