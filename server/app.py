@@ -16,7 +16,7 @@ from server.client_auth import ClientAuthenticator, VerifiedSecretCache
 from server.cors import install_cors
 from server.grants import GrantServices, default_grants
 from server.limits import connection_limits, deadline_middleware
-from server.middleware import error_middleware, security_headers
+from server.middleware import error_middleware, hide_server_version, security_headers
 from server.passwords import SecretHasher
 from server.services import SERVICES, Services
 from server.settings import Settings
@@ -37,6 +37,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         handler_args=connection_limits(settings),
     )
     app.on_response_prepare.append(security_headers)
+    hide_server_version()
     install_cors(app, settings.cors_origins)
     add_routes(app)
 
