@@ -51,7 +51,10 @@ def parse_basic(header: str) -> tuple[str, str]:
     raw_id, colon, raw_secret = decoded.partition(":")
     if not colon:
         raise InvalidClient("malformed Basic credentials")
-    client_id, secret = unquote_plus(raw_id, errors="strict"), unquote_plus(raw_secret, errors="strict")
+    try:
+        client_id, secret = unquote_plus(raw_id, errors="strict"), unquote_plus(raw_secret, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidClient("malformed Basic credentials") from None
     if not _printable(client_id) or not _printable(secret):
         raise InvalidClient("malformed Basic credentials")
     return client_id, secret
@@ -60,10 +63,7 @@ def parse_basic(header: str) -> tuple[str, str]:
 def extract_credentials(authorization: str | None, form: Mapping[str, str]) -> Credentials:
     form_id, form_secret = form.get("client_id"), form.get("client_secret")
     if authorization is not None:
-        try:
-            client_id, secret = parse_basic(authorization)
-        except UnicodeDecodeError:
-            raise InvalidClient("malformed Basic credentials") from None
+        client_id, secret = parse_basic(authorization)
         if form_secret is not None:
             raise InvalidRequest("use one client authentication method, not two")
         if form_id is not None and form_id != client_id:
