@@ -147,6 +147,7 @@ class ClientAuthenticator:
                     await self._throttle.succeeded(attempt)
                 return client
         stored_hash = client.secret_hash if client is not None else None
+        self._hasher.refuse_if_full()
         await self._throttle.reserve(attempt)
         try:
             matched = await self._hasher.verify(stored_hash, secret)

@@ -49,11 +49,16 @@ class SecretHasher:
     def hash_sync(self, secret: str) -> str:
         return self._hasher.hash(secret)
 
-    async def _run(self, work: Callable[..., T], *args: str) -> T:
-        """Run ``work`` in the pool if there is room; a slot is freed when the work really ends."""
+    def refuse_if_full(self) -> None:
+        """503 at once when no check could be admitted now: callers ask before doing any other work
+        for a check (the login throttle's write), so a flood past the queue costs almost nothing."""
         if self._admitted >= self._capacity:
             events.hasher_saturated()
             raise TemporarilyUnavailable("too many password checks in progress", retry_after=1)
+
+    async def _run(self, work: Callable[..., T], *args: str) -> T:
+        """Run ``work`` in the pool if there is room; a slot is freed when the work really ends."""
+        self.refuse_if_full()
         loop = asyncio.get_running_loop()
         self._admitted += 1
         future: Future[T] = self._pool.submit(work, *args)

@@ -56,7 +56,7 @@ class Settings:
     # Hardening (docs/hardening.md): abuse, slow clients, browsers.
     login_max_failures_per_address: int = 100
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    argon2_threads: int = 2
+    argon2_threads: int = 1
     argon2_queue: int = 64
     client_timeout: float = 15.0
     db_startup_wait: float = 30.0
@@ -235,7 +235,8 @@ def load_settings(
         max_body_bytes=max_body,
         login_max_failures_per_address=per_address,
         trusted_proxies=_networks(env, "TESSERA_TRUSTED_PROXIES"),
-        argon2_threads=_int(env, "TESSERA_ARGON2_THREADS", 2, 1, 256),
+        # Half the CPUs: a flood of logins must leave cores to the event loop and the database.
+        argon2_threads=_int(env, "TESSERA_ARGON2_THREADS", max(1, (os.cpu_count() or 2) // 2), 1, 256),
         argon2_queue=_int(env, "TESSERA_ARGON2_QUEUE", 64, 0, 100_000),
         client_timeout=_float(env, "TESSERA_CLIENT_TIMEOUT", 15.0, 0.5, 300.0),
         db_startup_wait=_float(env, "TESSERA_DB_STARTUP_WAIT", 30.0, 0.0, 3600.0),

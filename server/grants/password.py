@@ -39,6 +39,7 @@ class PasswordGrant:
         scopes = granted_scopes(parse_scope(form.get("scope")), request.client.scopes)
         audience = resolve_audience(form, request.client)
         services = request.services
+        services.hasher.refuse_if_full()
         attempt = services.throttle.attempt("user", username, request.remote)
         await services.throttle.reserve(attempt)
         user = await services.users.by_username(username)
