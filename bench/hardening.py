@@ -9,8 +9,8 @@ and a user through the CLI, then measures from this process over 127.0.0.1:
 1. the client lookup alone and with its throttle counter joined in (the query a cached client
    authentication makes), straight against PostgreSQL (with TESSERA_DATABASE_URL only);
 2. client_credentials throughput and latency with a cached secret;
-3. the same while an open-loop flood of wrong passwords runs, and a first-time client (whose
-   secret goes through argon2) asking during the flood.
+3. the same while an open-loop flood of wrong passwords runs, and, during the flood, a
+   first-time client (whose secret goes through argon2) and a user logging in.
 
 The load generator shares the machine with the server, so the figures are a floor.
 """
@@ -153,14 +153,22 @@ async def _flood(base: str, seconds: float, rate: int) -> None:
                 tasks.append(asyncio.create_task(wrong_password(n)))
                 await asyncio.sleep(1 / rate)
 
+        async def login() -> tuple[int, float]:
+            started = time.perf_counter()
+            form = {"grant_type": "password", "username": "alice", "password": SECRET}
+            async with session.post("/token", data=form, headers=_basic("web")) as response:
+                await response.read()
+                return response.status, (time.perf_counter() - started) * 1000
+
         sender = asyncio.create_task(send())
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
+        probes = asyncio.gather(_client_credentials(session, "newcomer"), login())
         during = []
         while not sender.done():
             status, elapsed = await _client_credentials(session, "svc")
             assert status == 200, status
             during.append(elapsed)
-        newcomer = await _client_credentials(session, "newcomer")
+        newcomer, legitimate = await probes
         await asyncio.gather(*tasks)
     print(f"  open-loop flood: {len(answers)} wrong passwords at {rate}/s for {seconds:.0f} s:"
           f" {answers.count(400)} checked (400), {answers.count(503)} refused at once (503),"
@@ -168,6 +176,7 @@ async def _flood(base: str, seconds: float, rate: int) -> None:
     print(f"  cached client_credentials alone:        {_percentiles(alone)}")
     print(f"  cached client_credentials during flood: {_percentiles(during)}")
     print(f"  first-time client during flood (argon2 on its secret): {newcomer[0]} in {newcomer[1]:.1f} ms")
+    print(f"  a user's own login during flood: {legitimate[0]} in {legitimate[1]:.1f} ms")
 
 
 def main() -> None:
@@ -193,6 +202,7 @@ def main() -> None:
         for client_id, grants in (("svc", "client_credentials"), ("newcomer", "client_credentials"), ("web", "password")):
             _tessera(env, "clients", "create", client_id, "--grant-types", grants, "--audiences",
                      "https://bench.example", "--secret-stdin", stdin=SECRET)
+        _tessera(env, "users", "create", "alice", "--password-stdin", stdin=SECRET)
         with server(env) as base:
             if "TESSERA_DATABASE_URL" in env:
                 print("query cost (one connection, sequential):")

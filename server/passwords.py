@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 
 class SecretHasher:
-    def __init__(self, profile: Argon2Profile, *, threads: int = 2, queue: int = 64) -> None:
+    def __init__(self, profile: Argon2Profile, *, threads: int = 2, queue: int = 16) -> None:
         self._hasher = PasswordHasher(
             time_cost=profile.time_cost,
             memory_cost=profile.memory_kib,

@@ -57,7 +57,7 @@ class Settings:
     login_max_failures_per_address: int = 100
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     argon2_threads: int = 1
-    argon2_queue: int = 64
+    argon2_queue: int = 16
     client_timeout: float = 15.0
     db_startup_wait: float = 30.0
     cors_origins: frozenset[str] = frozenset()
@@ -237,7 +237,7 @@ def load_settings(
         trusted_proxies=_networks(env, "TESSERA_TRUSTED_PROXIES"),
         # Half the CPUs: a flood of logins must leave cores to the event loop and the database.
         argon2_threads=_int(env, "TESSERA_ARGON2_THREADS", max(1, (os.cpu_count() or 2) // 2), 1, 256),
-        argon2_queue=_int(env, "TESSERA_ARGON2_QUEUE", 64, 0, 100_000),
+        argon2_queue=_int(env, "TESSERA_ARGON2_QUEUE", 16, 0, 100_000),
         client_timeout=_float(env, "TESSERA_CLIENT_TIMEOUT", 15.0, 0.5, 300.0),
         db_startup_wait=_float(env, "TESSERA_DB_STARTUP_WAIT", 30.0, 0.0, 3600.0),
         cors_origins=_origins(env, "TESSERA_CORS_ORIGINS"),

@@ -138,7 +138,7 @@ def test_hardening_defaults(tmp_path):
     settings = load_settings({"TESSERA_DATA_DIR": str(tmp_path)})
     assert settings.login_max_failures_per_address == 100
     assert settings.trusted_proxies == () and settings.cors_origins == frozenset()
-    assert (settings.argon2_threads, settings.argon2_queue) == (max(1, (os.cpu_count() or 2) // 2), 64)
+    assert (settings.argon2_threads, settings.argon2_queue) == (max(1, (os.cpu_count() or 2) // 2), 16)
     assert settings.client_timeout == 15.0 and settings.db_startup_wait == 30.0
     # The contract's promises hold with the defaults: answers within 10 s, slow clients dropped within 30 s.
     assert settings.db_statement_timeout + 2 <= 10 and settings.client_timeout <= 30
