@@ -20,29 +20,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: make the repository's packages importable
+
+from tests.processes import free_port, tessera_serve  # noqa: E402
 SECRET = "bench-secret-bench-secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _tessera(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
@@ -51,32 +45,6 @@ def _tessera(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
     if result.returncode != 0:
         raise SystemExit(f"tessera {' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout
-
-
-@contextlib.contextmanager
-def server(env: dict[str, str]) -> Iterator[str]:
-    log = tempfile.TemporaryFile("w+")
-    process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=env, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=log)
-    base = f"http://127.0.0.1:{env['TESSERA_PORT']}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", int(env["TESSERA_PORT"])), timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise SystemExit(f"tessera serve did not start:\n{log.read()[-2000:]}")
-                time.sleep(0.2)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _basic(client_id: str) -> dict[str, str]:
@@ -191,7 +159,7 @@ def main() -> None:
                if not k.startswith("TESSERA_") or k == "TESSERA_DATABASE_URL" or k.startswith("TESSERA_ARGON2_")}
         env.update({
             "TESSERA_DATA_DIR": data_dir,
-            "TESSERA_PORT": str(_free_port()),
+            "TESSERA_PORT": str(free_port()),
             "TESSERA_KEY_ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("="),
             # Many wrong passwords from one address: the flood is about argon2, not the throttle.
             "TESSERA_LOGIN_MAX_FAILURES": "1000000",
@@ -203,7 +171,7 @@ def main() -> None:
             _tessera(env, "clients", "create", client_id, "--grant-types", grants, "--audiences",
                      "https://bench.example", "--secret-stdin", stdin=SECRET)
         _tessera(env, "users", "create", "alice", "--password-stdin", stdin=SECRET)
-        with server(env) as base:
+        with tessera_serve(env, Path(data_dir) / "serve.log", ready_within=60) as base:
             if "TESSERA_DATABASE_URL" in env:
                 print("query cost (one connection, sequential):")
                 asyncio.run(_query_cost(env["TESSERA_DATABASE_URL"], 5000))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from server.settings import load_settings
 from server.store import ClientStore
 from tests.faults import StoppablePostgres, TcpProxy
 from tests.helpers import basic, post_token
+from tests.processes import free_port
 
 SECRET = "s3cret-s3cret-s3cret"
 CONTRACT_ANSWER_WITHIN = 10.0
@@ -143,20 +143,14 @@ async def test_startup_waits_for_a_database_that_comes_up_late(env, proxy):
         await server.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_serve_with_an_unreachable_database_stops_with_a_clear_line(env, tmp_path):
-    closed_port = _free_port()  # nothing listens there
+    closed_port = free_port()  # nothing listens there
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
     child_env.update(env)
     child_env.update({
         "TESSERA_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed_port}/nowhere",
         "TESSERA_DB_STARTUP_WAIT": "1",
-        "TESSERA_PORT": str(_free_port()),
+        "TESSERA_PORT": str(free_port()),
     })
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "server.cli", "serve"], env=child_env,

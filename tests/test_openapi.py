@@ -3,17 +3,13 @@ requests (valid and invalid) to a live `tessera serve` and checks each answer ag
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncio
 import asyncpg
 import pytest
 import schemathesis
@@ -26,6 +22,7 @@ from server.settings import load_settings
 from server.store import ClientStore, UserStore
 from tests.conftest import FAST_ARGON2, TABLES_KEPT
 from tests.helpers import basic
+from tests.processes import free_port, tessera_serve
 
 DOCUMENT = Path(__file__).parent.parent / "server" / "openapi.json"
 SECRET = "s3cret-s3cret-s3cret"
@@ -77,17 +74,11 @@ async def _prepare(database_url: str) -> None:
         await connection.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`tessera serve` as an operator runs it, on 127.0.0.1, stopped when the module is done."""
     asyncio.run(_prepare(database_url))
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
     env.update(FAST_ARGON2)
     env.update({
@@ -99,35 +90,12 @@ def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
         "TESSERA_LOGIN_MAX_FAILURES": "1000000",
         "TESSERA_LOGIN_MAX_FAILURES_PER_ADDRESS": "0",
     })
-    # A file, not a pipe: nobody reads a pipe while the tests run, and a full one would stall the server.
     log_path = tmp_path_factory.mktemp("live-log") / "stderr.log"
-    with open(log_path, "w") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=log_file)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"tessera serve did not become ready: {log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
+    with tessera_serve(env, log_path) as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        errors = log_path.read_text()
-        # No traceback may ever reach a log line from anything schemathesis sent.
-        assert "Traceback" not in errors and '"level":"error"' not in errors, errors[-3000:]
+    # No traceback may ever reach a log line from anything schemathesis sent.
+    errors = log_path.read_text()
+    assert "Traceback" not in errors and '"level":"error"' not in errors, errors[-3000:]
 
 
 @schema.parametrize()
