@@ -238,7 +238,8 @@ def load_settings(
         # Half the CPUs: a flood of logins must leave cores to the event loop and the database.
         argon2_threads=_int(env, "TESSERA_ARGON2_THREADS", max(1, (os.cpu_count() or 2) // 2), 1, 256),
         argon2_queue=_int(env, "TESSERA_ARGON2_QUEUE", 16, 0, 100_000),
-        client_timeout=_float(env, "TESSERA_CLIENT_TIMEOUT", 15.0, 0.5, 300.0),
+        # At most 30 s: the contract drops a client that sends its request too slowly within 30 s.
+        client_timeout=_float(env, "TESSERA_CLIENT_TIMEOUT", 15.0, 0.5, 30.0),
         db_startup_wait=_float(env, "TESSERA_DB_STARTUP_WAIT", 30.0, 0.0, 3600.0),
         cors_origins=_origins(env, "TESSERA_CORS_ORIGINS"),
     )

@@ -125,6 +125,7 @@ def test_cors_origins_must_be_exact_origins(value):
         ("TESSERA_ARGON2_THREADS", "0"),
         ("TESSERA_ARGON2_QUEUE", "many"),
         ("TESSERA_CLIENT_TIMEOUT", "0"),
+        ("TESSERA_CLIENT_TIMEOUT", "60"),
         ("TESSERA_DB_STARTUP_WAIT", "soon"),
     ],
 )
