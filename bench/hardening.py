@@ -35,7 +35,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: make the repository's packages importable
 
-from tests.processes import free_port, tessera_serve  # noqa: E402
+from tests.live_server import free_port, tessera_serve  # noqa: E402
 SECRET = "bench-secret-bench-secret"
 
 

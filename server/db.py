@@ -94,7 +94,7 @@ async def create_pool(dsn: str, *, size: int, statement_timeout: float) -> async
     )
 
 
-async def create_pool_when_reachable(dsn: str, *, size: int, statement_timeout: float, wait: float) -> asyncpg.Pool:
+async def create_pool_when_reachable(dsn: str, *, wait: float, **options: Any) -> asyncpg.Pool:
     """``create_pool``, retried while the database cannot be reached, for up to ``wait`` seconds.
 
     A server started together with its database (compose, a rebooted host) waits for it with one
@@ -106,7 +106,7 @@ async def create_pool_when_reachable(dsn: str, *, size: int, statement_timeout: 
     delay = 0.25
     while True:
         try:
-            return await create_pool(dsn, size=size, statement_timeout=statement_timeout)
+            return await create_pool(dsn, **options)
         except (OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError) as exc:
             left = give_up - loop.time()
             if left <= 0:

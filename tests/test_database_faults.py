@@ -21,7 +21,7 @@ from server.settings import load_settings
 from server.store import ClientStore
 from tests.faults import StoppablePostgres, TcpProxy
 from tests.helpers import basic, post_token
-from tests.processes import free_port
+from tests.live_server import free_port
 
 SECRET = "s3cret-s3cret-s3cret"
 CONTRACT_ANSWER_WITHIN = 10.0

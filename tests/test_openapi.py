@@ -22,7 +22,7 @@ from server.settings import load_settings
 from server.store import ClientStore, UserStore
 from tests.conftest import FAST_ARGON2, TABLES_KEPT
 from tests.helpers import basic
-from tests.processes import free_port, tessera_serve
+from tests.live_server import free_port, tessera_serve
 
 DOCUMENT = Path(__file__).parent.parent / "server" / "openapi.json"
 SECRET = "s3cret-s3cret-s3cret"
