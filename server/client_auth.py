@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from server import events
-from server.errors import InvalidClient, InvalidRequest, TemporarilyUnavailable
+from server.errors import InvalidClient, InvalidRequest
 from server.passwords import SecretHasher
 from server.store import Client, ClientStore
 from server.throttle import LoginThrottle
@@ -148,16 +148,12 @@ class ClientAuthenticator:
                 return client
         stored_hash = client.secret_hash if client is not None else None
         self._hasher.refuse_if_full()
-        await self._throttle.reserve(attempt)
-        try:
-            matched = await self._hasher.verify(stored_hash, secret)
-        except TemporarilyUnavailable:
-            await self._throttle.not_checked(attempt)
-            raise
+        matched = await self._throttle.attempt_once(
+            attempt, secret, lambda: self._hasher.verify(stored_hash, secret), succeeded=bool
+        )
         if client is None or stored_hash is None or not matched:
             events.login_failed("client", credentials.client_id, remote)
             raise InvalidClient("client authentication failed")
-        await self._throttle.succeeded(attempt)
         if self._hasher.needs_rehash(stored_hash):
             new_hash = await self._hasher.hash(secret)
             await self._clients.rehash_secret(client.client_id, stored_hash, new_hash)

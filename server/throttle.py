@@ -10,22 +10,29 @@ stops one address from spraying a common password over many accounts.
 
 An attempt is charged *before* argon2 runs (``reserve``), in one statement, so a burst of
 concurrent guesses cannot all pass a check made before any of them failed; a throttled attempt
-never reaches argon2. A success takes the charge back. Unknown usernames and clients are counted
-exactly like known ones, so neither the answers nor the throttle tell whether one exists.
+never reaches argon2. A success takes the charge back. Identical attempts in flight together
+(same subject, address and secret: a client's first burst of requests, a double-submitted
+login) are one attempt: one charge, one argon2 run, one answer for all of them. Unknown
+usernames and clients are counted exactly like known ones, so neither the answers nor the
+throttle tell whether one exists.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from server import events
-from server.errors import TooManyAttempts
+from server.errors import TemporarilyUnavailable, TooManyAttempts
 from server.store.login_failures import Counter, FailureCount, LoginFailureStore
+
+T = TypeVar("T")
 
 WINDOW_SECONDS = 900.0
 PRUNE_EVERY_SECONDS = 60.0
@@ -74,6 +81,7 @@ class LoginThrottle:
         self._per_address = max_failures_per_address
         self._clock = clock
         self._next_prune = 0.0
+        self._in_flight: dict[bytes, asyncio.Future[Any]] = {}
 
     def _counter(self, kind: str, subject: str, remote: str, limit: int) -> Counter:
         digest = hmac.new(self._key, "\x00".join((kind, subject, remote)).encode(), hashlib.sha256).digest()
@@ -95,6 +103,39 @@ class LoginThrottle:
         if count is not None and count.failures >= attempt.subject.limit and count.window_start + WINDOW_SECONDS > now:
             events.login_throttled(attempt.subject.kind, attempt.subject.remote)
             raise TooManyAttempts("too many failed attempts; try again later", self._retry_after(count, now))
+
+    async def attempt_once(
+        self, attempt: Attempt, secret: str, check: Callable[[], Awaitable[T]], succeeded: Callable[[T], bool]
+    ) -> T:
+        """Charge ``attempt``, run ``check`` (argon2), and settle: a success takes the charge back.
+
+        Concurrent calls with the same attempt and secret share one run and its outcome (or its
+        error); a caller that gives up does not cancel it for the others.
+        """
+        key = hmac.new(self._key, attempt.subject.key + secret.encode(), hashlib.sha256).digest()
+        running = self._in_flight.get(key)
+        if running is None:
+            running = asyncio.ensure_future(self._settle(attempt, check, succeeded))
+            self._in_flight[key] = running
+            running.add_done_callback(lambda done: self._finished(key, done))
+        outcome: T = await asyncio.shield(running)
+        return outcome
+
+    def _finished(self, key: bytes, done: asyncio.Future[Any]) -> None:
+        self._in_flight.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved, so an outcome nobody waited for is not reported as lost
+
+    async def _settle(self, attempt: Attempt, check: Callable[[], Awaitable[T]], succeeded: Callable[[T], bool]) -> T:
+        await self.reserve(attempt)
+        try:
+            outcome = await check()
+        except TemporarilyUnavailable:
+            await self.not_checked(attempt)
+            raise
+        if succeeded(outcome):
+            await self.succeeded(attempt)
+        return outcome
 
     async def reserve(self, attempt: Attempt) -> None:
         """Charge the attempt before the secret is checked; 429 if that goes past a limit."""

@@ -85,9 +85,28 @@ async def test_unknown_and_known_usernames_are_throttled_alike(client, app_clien
 
 
 async def test_concurrent_guesses_cannot_slip_past_the_limit(client, app_client):
-    answers = await asyncio.gather(*(_login(client) for _ in range(30)))
+    answers = await asyncio.gather(*(_login(client, password=f"guess-{n}") for n in range(30)))
     statuses = sorted(status for status, _, _ in answers)
     assert statuses == [400] * LIMIT + [429] * (30 - LIMIT)
+
+
+async def test_a_burst_of_identical_attempts_counts_once(client, app_client):
+    # A double-submitted login, a client's first burst of requests: one attempt, not thirty.
+    answers = await asyncio.gather(*(_login(client, password=PASSWORD) for _ in range(30)))
+    assert [status for status, _, _ in answers] == [200] * 30
+    wrong = await asyncio.gather(*(_login(client, password="the same wrong guess") for _ in range(30)))
+    assert [status for status, _, _ in wrong] == [400] * 30
+    for _ in range(LIMIT - 1):
+        assert (await _login(client))[0] == 400
+    assert (await _login(client))[0] == 429
+
+
+async def test_a_client_s_first_burst_of_requests_is_neither_throttled_nor_queued_away(env, admin, clock):
+    settings = load_settings({**env, "TESSERA_ARGON2_THREADS": "1", "TESSERA_ARGON2_QUEUE": "0"})
+    async with TestClient(TestServer(create_app(settings, clock=clock), host="127.0.0.1")) as http:
+        await admin.client("svc")
+        answers = await asyncio.gather(*(_client_credentials(http, SECRET) for _ in range(40)))
+        assert [status for status, _, _ in answers] == [200] * 40
 
 
 async def test_a_success_starts_the_count_again(client, app_client):
@@ -108,7 +127,7 @@ async def test_throttled_attempts_never_reach_argon2(env, admin, clock):
         assert (await _login(http, password=PASSWORD))[0] == 200  # the client's secret is now cached
         for _ in range(LIMIT):
             assert (await _login(http))[0] == 400
-        answers = await asyncio.gather(*(_login(http) for _ in range(20)))
+        answers = await asyncio.gather(*(_login(http, password=f"guess-{n}") for n in range(20)))
         assert [status for status, _, _ in answers] == [429] * 20
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server import events
-from server.errors import InvalidGrant, InvalidRequest, TemporarilyUnavailable
+from server.errors import InvalidGrant, InvalidRequest
 from server.grants.base import TokenRequest, granted_scopes, parse_scope, resolve_audience, token_response
 from server.store import User
 
@@ -39,19 +39,18 @@ class PasswordGrant:
         scopes = granted_scopes(parse_scope(form.get("scope")), request.client.scopes)
         audience = resolve_audience(form, request.client)
         services = request.services
+
+        async def check() -> User | None:
+            found = await services.users.by_username(username)
+            matched = await services.hasher.verify(found.password_hash if found else None, password)
+            return found if found is not None and matched and not found.disabled else None
+
         services.hasher.refuse_if_full()
         attempt = services.throttle.attempt("user", username, request.remote)
-        await services.throttle.reserve(attempt)
-        user = await services.users.by_username(username)
-        try:
-            matched = await services.hasher.verify(user.password_hash if user else None, password)
-        except TemporarilyUnavailable:
-            await services.throttle.not_checked(attempt)
-            raise
-        if user is None or not matched or user.disabled:
+        user = await services.throttle.attempt_once(attempt, password, check, succeeded=lambda found: found is not None)
+        if user is None:
             events.login_failed("user", username, request.remote)
             raise InvalidGrant("invalid username or password")
-        await services.throttle.succeeded(attempt)
         if services.hasher.needs_rehash(user.password_hash):
             await services.users.rehash_password(user.user_id, user.password_hash, await services.hasher.hash(password))
         return PasswordRequest(user, scopes, audience)
