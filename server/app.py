@@ -15,16 +15,21 @@ from keys.kek import KekRing
 from keys.keyring import Keyring
 from server import db, metrics
 from server.client_auth import ClientAuthenticator, VerifiedSecretCache
+from server.cors import install_cors
 from server.grants import GrantServices, default_grants
 from server.key_scheduler import KeyScheduler, key_lifecycle
+from server.limits import connection_limits, deadline_middleware
 from server.metrics import METRICS, Metrics
-from server.middleware import error_middleware, security_headers
+from server.middleware import error_middleware, hide_server_version, security_headers
 from server.passwords import SecretHasher
 from server.revocation import endpoint_metadata
 from server.services import SERVICES, Services
 from server.sessions import open_sessions
 from server.settings import Settings
 from server.store import ClientStore, PgKeyStore, UserStore
+from server.store.login_failures import LoginFailureStore
+from server.store.secrets import server_secret
+from server.throttle import LoginThrottle
 from server.tokens import AccessTokenIssuer
 from server.views import add_routes, metadata_document
 
@@ -33,12 +38,14 @@ log = logging.getLogger("tessera")
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[error_middleware, deadline_middleware(settings)],
         client_max_size=settings.max_body_bytes,
-        handler_args={"max_line_size": 8190, "max_field_size": 8190},
+        handler_args=connection_limits(settings),
     )
     app.on_response_prepare.append(security_headers)
     app[METRICS] = Metrics.for_this_process()
+    hide_server_version()
+    install_cors(app, settings.cors_origins)
     add_routes(app)
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -67,8 +74,11 @@ async def open_services(
     with contextlib.ExitStack() as stack:
         # Starting the embedded PostgreSQL blocks for a moment; do it off the loop.
         database = await loop.run_in_executor(None, stack.enter_context, db.open_database(settings))
-        pool = await db.create_pool(
-            database.dsn, size=settings.db_pool_size, statement_timeout=settings.db_statement_timeout,
+        pool = await db.create_pool_when_reachable(
+            database.dsn,
+            size=settings.db_pool_size,
+            statement_timeout=settings.db_statement_timeout,
+            wait=settings.db_startup_wait,
             observer=series,
         )
         try:
@@ -85,8 +95,18 @@ async def open_services(
             await key_scheduler.prepare()
             if series is not None:
                 series.watch_keyring(keyring, clock)
-            hasher = SecretHasher(settings.argon2)
+            hasher = SecretHasher(settings.argon2, threads=settings.argon2_threads, queue=settings.argon2_queue)
+            # Client secrets get a lane of their own: a flood of wrong passwords cannot starve it.
+            client_hasher = SecretHasher(settings.argon2, threads=1, queue=settings.argon2_queue)
             await hasher.warm_up()
+            await client_hasher.warm_up()
+            throttle = LoginThrottle(
+                LoginFailureStore(pool),
+                await server_secret(pool, database.keks, "login-throttle"),
+                max_failures=settings.login_max_failures,
+                max_failures_per_address=settings.login_max_failures_per_address,
+                clock=clock,
+            )
             clients, users = ClientStore(pool), UserStore(pool)
             grants = default_grants()
             tokens = AccessTokenIssuer(keyring, issuer=settings.issuer, ttl=settings.access_token_ttl, clock=clock)
@@ -100,9 +120,9 @@ async def open_services(
                 hasher=hasher,
                 clients=clients,
                 users=users,
-                authenticator=ClientAuthenticator(clients, hasher, VerifiedSecretCache()),
+                authenticator=ClientAuthenticator(clients, client_hasher, VerifiedSecretCache(), throttle),
                 grants=grants,
-                grant_services=GrantServices(tokens, users, hasher, clock, extras),
+                grant_services=GrantServices(tokens, users, hasher, clock, extras, throttle),
                 metadata_body=metadata_document(settings.issuer, sorted(grants), endpoint_metadata(settings.issuer)),
                 extras=extras,
             )
@@ -114,5 +134,6 @@ async def open_services(
             finally:
                 await janitor.stop()
                 hasher.close()
+                client_hasher.close()
         finally:
-            await pool.close()
+            await db.close_pool(pool, timeout=settings.db_statement_timeout)

@@ -19,9 +19,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
+from server import events
 from server.errors import InvalidClient, InvalidRequest
 from server.passwords import SecretHasher
 from server.store import Client, ClientStore
+from server.throttle import LoginThrottle
 
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 
@@ -49,7 +51,10 @@ def parse_basic(header: str) -> tuple[str, str]:
     raw_id, colon, raw_secret = decoded.partition(":")
     if not colon:
         raise InvalidClient("malformed Basic credentials")
-    client_id, secret = unquote_plus(raw_id, errors="strict"), unquote_plus(raw_secret, errors="strict")
+    try:
+        client_id, secret = unquote_plus(raw_id, errors="strict"), unquote_plus(raw_secret, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidClient("malformed Basic credentials") from None
     if not _printable(client_id) or not _printable(secret):
         raise InvalidClient("malformed Basic credentials")
     return client_id, secret
@@ -58,10 +63,7 @@ def parse_basic(header: str) -> tuple[str, str]:
 def extract_credentials(authorization: str | None, form: Mapping[str, str]) -> Credentials:
     form_id, form_secret = form.get("client_id"), form.get("client_secret")
     if authorization is not None:
-        try:
-            client_id, secret = parse_basic(authorization)
-        except UnicodeDecodeError:
-            raise InvalidClient("malformed Basic credentials") from None
+        client_id, secret = parse_basic(authorization)
         if form_secret is not None:
             raise InvalidRequest("use one client authentication method, not two")
         if form_id is not None and form_id != client_id:
@@ -106,31 +108,55 @@ class VerifiedSecretCache:
 
 
 class ClientAuthenticator:
-    def __init__(self, clients: ClientStore, hasher: SecretHasher, cache: VerifiedSecretCache) -> None:
+    """Authenticates the caller, throttled per (client, address) and per address (server.throttle).
+
+    The common case costs one query and no write: the client row and its failure counter come
+    back together, and a secret that matched recently is recognised by ``VerifiedSecretCache``.
+    Only an attempt that has to run argon2 (a new, wrong or unknown secret) is charged to the
+    throttle first, so a throttled attempt never reaches argon2.
+    """
+
+    def __init__(
+        self, clients: ClientStore, hasher: SecretHasher, cache: VerifiedSecretCache, throttle: LoginThrottle
+    ) -> None:
         self._clients = clients
         self._hasher = hasher
         self._cache = cache
+        self._throttle = throttle
 
-    async def authenticate(self, authorization: str | None, form: Mapping[str, str]) -> Client:
+    async def authenticate(self, authorization: str | None, form: Mapping[str, str], *, remote: str | None) -> Client:
         credentials = extract_credentials(authorization, form)
         if len(credentials.client_id) > 128:
             raise InvalidClient("client authentication failed")
-        client = await self._clients.get(credentials.client_id)
         if credentials.method == "none":
+            # Nothing to guess: a public client has no secret, and no argon2 runs.
+            client = await self._clients.get(credentials.client_id)
             if client is None or not client.is_public:
                 raise InvalidClient("client authentication failed")
             return client
-        assert credentials.secret is not None
-        if client is None or client.secret_hash is None:
-            await self._hasher.verify(None, credentials.secret)
+        secret = credentials.secret
+        assert secret is not None
+        attempt = self._throttle.attempt("client", credentials.client_id, remote)
+        client, failures = await self._clients.get_with_failures(credentials.client_id, attempt.subject.key)
+        # Checked even when the secret is cached: otherwise a throttled attacker would still learn,
+        # at full speed, which guess is the secret the real client has just used.
+        self._throttle.refuse_if_blocked(attempt, failures)
+        if client is not None and client.secret_hash is not None:
+            if self._cache.matches(client.client_id, secret, client.secret_hash):
+                if failures is not None and failures.failures:
+                    await self._throttle.succeeded(attempt)
+                return client
+        stored_hash = client.secret_hash if client is not None else None
+        self._hasher.refuse_if_full()
+        matched = await self._throttle.attempt_once(
+            attempt, secret, lambda: self._hasher.verify(stored_hash, secret), succeeded=bool
+        )
+        if client is None or stored_hash is None or not matched:
+            events.login_failed("client", credentials.client_id, remote)
             raise InvalidClient("client authentication failed")
-        if self._cache.matches(client.client_id, credentials.secret, client.secret_hash):
-            return client
-        if not await self._hasher.verify(client.secret_hash, credentials.secret):
-            raise InvalidClient("client authentication failed")
-        if self._hasher.needs_rehash(client.secret_hash):
-            new_hash = await self._hasher.hash(credentials.secret)
-            await self._clients.rehash_secret(client.client_id, client.secret_hash, new_hash)
+        if self._hasher.needs_rehash(stored_hash):
+            new_hash = await self._hasher.hash(secret)
+            await self._clients.rehash_secret(client.client_id, stored_hash, new_hash)
         else:
-            self._cache.remember(client.client_id, credentials.secret, client.secret_hash)
+            self._cache.remember(client.client_id, secret, stored_hash)
         return client

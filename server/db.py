@@ -7,6 +7,7 @@ CLI) share it, and it stops when the last of them exits.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.resources
 import logging
@@ -193,6 +194,42 @@ async def create_pool(
     return pool
 
 
+async def create_pool_when_reachable(dsn: str, *, wait: float, **options: Any) -> asyncpg.Pool:
+    """``create_pool``, retried while the database cannot be reached, for up to ``wait`` seconds.
+
+    A server started together with its database (compose, a rebooted host) waits for it with one
+    log line per try instead of dying at once; past ``wait`` the last error stops the start.
+    Errors that retrying cannot fix (a wrong password, a missing database) stop it at once.
+    """
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + wait
+    delay = 0.25
+    while True:
+        try:
+            return await create_pool(dsn, **options)
+        except (OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError) as exc:
+            left = give_up - loop.time()
+            if left <= 0:
+                log.error("database unreachable; giving up", extra={"cause": f"{type(exc).__name__}: {exc}"})
+                raise
+            delay = min(delay * 2, 5.0, left)
+            log.warning(
+                "database unreachable; retrying",
+                extra={"cause": f"{type(exc).__name__}: {exc}", "retry_in": round(delay, 2), "gives_up_in": round(left, 1)},
+            )
+            await asyncio.sleep(delay)
+
+
+async def close_pool(pool: asyncpg.Pool, timeout: float) -> None:
+    """Close gracefully, but never hang a shutdown on a database that stopped answering."""
+    try:
+        async with asyncio.timeout(timeout):
+            await pool.close()
+    except TimeoutError:
+        log.warning("database did not answer the pool's goodbye; connections dropped")
+        pool.terminate()
+
+
 def _migrations() -> list[tuple[int, str, str]]:
     found = []
     for entry in importlib.resources.files("server.migrations").iterdir():
@@ -243,4 +280,4 @@ async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await connection.close()
 
 
-__all__ = ["Database", "connect", "create_pool", "migrate", "open_database"]
+__all__ = ["Database", "close_pool", "connect", "create_pool", "create_pool_when_reachable", "migrate", "open_database"]

@@ -28,6 +28,16 @@ class RequestTooLarge(OAuthError):
     status = 413
 
 
+class RequestTimeout(OAuthError):
+    """The body did not arrive within the client timeout; the connection is closed after this."""
+
+    error = "invalid_request"
+    status = 408
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
+
+
 class InvalidClient(OAuthError):
     """RFC 6749 section 5.2: 401, and WWW-Authenticate naming the scheme the client should use."""
 

@@ -106,3 +106,13 @@ def login_failed(kind: str, subject: str, remote: str | None) -> None:
     """A failed password login (kind "user") or client authentication (kind "client")."""
     if (series := metrics.current()) is not None:
         series.login_failures.labels(kind).inc()  # never the subject: usernames are unbounded input
+
+
+def login_throttled(kind: str, remote: str) -> None:
+    """An attempt for a throttled username or client (kind "user"/"client") from ``remote`` got 429."""
+    security_log.warning("login throttled", extra={"event": "login_throttled", "kind": kind, "remote": remote})
+
+
+def hasher_saturated() -> None:
+    """A password or secret check was refused because the argon2 queue was full (503)."""
+    log.warning("argon2 queue full; request refused", extra={"event": "hasher_saturated"})

@@ -12,19 +12,31 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from server.errors import InvalidRequest, RequestTooLarge
+from server.limits import receiving_body
 
 MAX_PARAMETERS = 32
 MAX_VALUE_LENGTH = 4096
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, at most ``limit`` bytes, within the client timeout (``server.limits``).
+
+    A declared length over the limit is refused before a byte of the body is read.
+    """
     declared = request.content_length
     if declared is not None and declared > limit:
         raise RequestTooLarge(f"the request body is larger than {limit} bytes")
-    body = await request.content.read(limit + 1)
+    body = bytearray()
+    async with receiving_body(request):
+        # A body may come in several pieces; read() returns what has arrived so far.
+        while len(body) <= limit:
+            chunk = await request.content.read(limit + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
     if len(body) > limit:
         raise RequestTooLarge(f"the request body is larger than {limit} bytes")
-    return body
+    return bytes(body)
 
 
 def _check_content_type(request: web.Request) -> None:

@@ -26,6 +26,8 @@ from server import events
 from server.middleware import DATABASE_UNAVAILABLE
 from server.store import PgKeyStore
 from server.store.families import GC_EVENTS_PER_STATEMENT, GC_PAGES_PER_STATEMENT, FamilyStore
+from server.store.login_failures import LoginFailureStore
+from server.throttle import WINDOW_SECONDS
 
 GC_INTERVAL = 300.0
 # A dead family stays this long: the longest an access token can live (TESSERA_ACCESS_TOKEN_TTL is
@@ -67,6 +69,10 @@ async def collect_garbage(
             break
         await asyncio.sleep(pause)
     keys = await PgKeyStore(pool).delete_expired_keys(now)
+    # Login-failure counters whose 15-minute window has passed count for nothing any more.
+    failures = LoginFailureStore(pool)
+    while await failures.prune(before=now.timestamp() - WINDOW_SECONDS) >= 1000:
+        await asyncio.sleep(pause)
     events.garbage_collected("refresh_families", families)
     events.garbage_collected("security_events", security_events)
     events.garbage_collected("signing_keys", keys)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-from aiohttp import web
+from aiohttp import web, web_response
 
 from server.errors import MethodNotAllowed, NotFound, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
 from server.metrics import METRICS
@@ -150,7 +150,21 @@ async def error_middleware(
     return response
 
 
+SERVER_NAME = "tessera"
+
+
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["X-Content-Type-Options"] = "nosniff"
     # No version on the wire: aiohttp would otherwise announce itself and Python's.
-    response.headers["Server"] = "tessera"
+    response.headers["Server"] = SERVER_NAME
+
+
+def hide_server_version() -> None:
+    """Keep versions out of the answers aiohttp writes itself, to requests it cannot parse.
+
+    Those (400 for a malformed or oversized request line or header) are made before any
+    handler, middleware or signal runs, with aiohttp's default ``Server`` header, which names
+    the aiohttp and Python versions: a free fingerprint for anyone sending garbage. The module
+    constant is aiohttp's only knob for it; this sets it, process-wide, to the same name.
+    """
+    web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]

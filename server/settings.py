@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,6 +58,14 @@ class Settings:
     key_reload_interval: float = 5.0
     # Only while changing the KEK: the new one (see `tessera keys rewrap`).
     new_key_encryption_key: bytes | None = None
+    # Hardening (docs/hardening.md): abuse, slow clients, browsers.
+    login_max_failures_per_address: int = 100
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    argon2_threads: int = 1
+    argon2_queue: int = 16
+    client_timeout: float = 15.0
+    db_startup_wait: float = 30.0
+    cors_origins: frozenset[str] = frozenset()
 
     @property
     def embedded_database(self) -> bool:
@@ -165,6 +174,27 @@ def _issuer(raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _networks(env: Mapping[str, str], name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for item in (_text(env, name, "") or "").replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(f"{name}: {item!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
+
+
+def _origins(env: Mapping[str, str], name: str) -> frozenset[str]:
+    """Exact browser origins (scheme://host[:port]); never a wildcard, never a path."""
+    origins = set()
+    for item in (_text(env, name, "") or "").split():
+        parts = urlsplit(item)
+        if item == "*" or parts.scheme not in ("http", "https") or not parts.netloc or item != f"{parts.scheme}://{parts.netloc}":
+            raise SettingsError(f"{name}: {item!r} is not an origin like https://app.example (no '*', no path)")
+        origins.add(item.lower())
+    return frozenset(origins)
+
+
 def load_settings(
     env: Mapping[str, str] | None = None, *, require_kek: bool = True, **overrides: object
 ) -> Settings:
@@ -220,6 +250,7 @@ def load_settings(
         parallelism=_int(env, "TESSERA_ARGON2_PARALLELISM", 1, 1, 64),
     )
     max_body = _int(env, "TESSERA_MAX_BODY_BYTES", 16384, 1024, 1024 * 1024)
+    per_address = _int(env, "TESSERA_LOGIN_MAX_FAILURES_PER_ADDRESS", 100, 0, 1_000_000)
     return Settings(
         database_url=database_url,
         data_dir=data_dir,
@@ -244,4 +275,13 @@ def load_settings(
         max_body_bytes=max_body,
         key_reload_interval=key_reload,
         new_key_encryption_key=new_kek,
+        login_max_failures_per_address=per_address,
+        trusted_proxies=_networks(env, "TESSERA_TRUSTED_PROXIES"),
+        # Half the CPUs: a flood of logins must leave cores to the event loop and the database.
+        argon2_threads=_int(env, "TESSERA_ARGON2_THREADS", max(1, (os.cpu_count() or 2) // 2), 1, 256),
+        argon2_queue=_int(env, "TESSERA_ARGON2_QUEUE", 16, 0, 100_000),
+        # At most 30 s: the contract drops a client that sends its request too slowly within 30 s.
+        client_timeout=_float(env, "TESSERA_CLIENT_TIMEOUT", 15.0, 0.5, 30.0),
+        db_startup_wait=_float(env, "TESSERA_DB_STARTUP_WAIT", 30.0, 0.0, 3600.0),
+        cors_origins=_origins(env, "TESSERA_CORS_ORIGINS"),
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import cast
 
 from aiohttp import web
@@ -15,10 +17,13 @@ from server.forms import read_form
 from server.grants import TokenRequest
 from server.introspection import Introspection
 from server.metrics import CONTENT_TYPE, METRICS
+from server.limits import client_address
 from server.middleware import LOG_FIELDS, NO_STORE, json_response
 from server.revocation import Revocation
 from server.services import SERVICES
 from server.store import Client
+
+OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")
 
 
 def _authorization(request: web.Request) -> str | None:
@@ -39,11 +44,12 @@ async def token(request: web.Request) -> web.Response:
     if grant is None:
         raise UnsupportedGrantType("this server does not support that grant_type")
     request[LOG_FIELDS]["grant_type"] = grant_type
-    client = await services.authenticator.authenticate(_authorization(request), form)
+    remote = client_address(request, services.settings.trusted_proxies)
+    client = await services.authenticator.authenticate(_authorization(request), form, remote=remote)
     request[LOG_FIELDS]["client_id"] = client.client_id
     if grant_type not in client.grant_types:
         raise UnauthorizedClient("this client may not use this grant type")
-    context = TokenRequest(form, client, request.remote, services.grant_services)
+    context = TokenRequest(form, client, remote, services.grant_services)
     validated = await grant.validate(context)
     body = await grant.issue(context, validated)
     events.token_issued(grant_type, client.client_id)
@@ -54,7 +60,8 @@ async def _token_form(request: web.Request) -> tuple[str, Client]:
     """The ``token`` parameter of an authenticated revocation or introspection request."""
     services = request.app[SERVICES]
     form = await read_form(request, services.settings.max_body_bytes)
-    client = await services.authenticator.authenticate(_authorization(request), form)
+    remote = client_address(request, services.settings.trusted_proxies)
+    client = await services.authenticator.authenticate(_authorization(request), form, remote=remote)
     request[LOG_FIELDS]["client_id"] = client.client_id
     token = form.get("token")
     if token is None:
@@ -144,6 +151,15 @@ def metadata_document(issuer: str, grant_types: list[str], extra: dict[str, obje
     return json.dumps(document, separators=(",", ":")).encode()
 
 
+def openapi_view(document: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The OpenAPI 3.1 description of this HTTP API (server/openapi.json), read once."""
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json", headers={"Cache-Control": "public, max-age=3600"})
+
+    return openapi
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/token", token)
     app.router.add_post("/revoke", revoke)
@@ -154,6 +170,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_view(OPENAPI_DOCUMENT.read_bytes()))
 
 
 __all__ = ["NO_STORE", "add_routes", "metadata_document"]

@@ -62,7 +62,7 @@ async def test_the_documented_kek_change_keeps_every_instance_signing(env, clock
         # Step 2: rewrap.
         rewrap = functools.partial(kek_box.reseal, old, new)
         # Three keys, and two secrets: the test's own and the refresh-token chain key the server made.
-        assert await PgKeyStore(admin.pool).rewrap(rewrap) == (3, 2)
+        assert await PgKeyStore(admin.pool).rewrap(rewrap) == (3, 3)
         blobs = await _blobs(db_conn)
         assert _opens(new, blobs) == set(blobs) and not _opens(old, blobs)
         await _signs(during)

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from server.errors import InvalidRequest, InvalidScope, InvalidTarget
 from server.passwords import SecretHasher
 from server.store import Client, UserStore
+from server.throttle import LoginThrottle
 from server.tokens import AccessTokenIssuer, IssuedAccessToken
 
 # RFC 6749 appendix A.4: scope-token = 1*NQCHAR, NQCHAR = %x21 / %x23-5B / %x5D-7E.
@@ -25,6 +26,7 @@ class GrantServices:
     hasher: SecretHasher
     clock: Callable[[], float]
     extras: Mapping[str, Any]  # services added by later grants (refresh-token families, ...)
+    throttle: LoginThrottle
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
 """RFC 6749 section 4.3: resource owner password credentials.
 
 Every failure (unknown user, wrong password, disabled user) is the same ``invalid_grant`` after
-the same argon2 work, so neither the answer nor its timing says whether a username exists.
+the same argon2 work, so neither the answer nor its timing says whether a username exists. Each
+attempt is charged to the login throttle (per username and address, and per address) before the
+user is even looked up, so a throttled attempt costs one query and never reaches argon2.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from server import events
 from server.errors import InvalidGrant, InvalidRequest
 from server.grants.base import TokenRequest, granted_scopes, parse_scope, resolve_audience, token_response
 from server.store import User
@@ -36,9 +39,17 @@ class PasswordGrant:
         scopes = granted_scopes(parse_scope(form.get("scope")), request.client.scopes)
         audience = resolve_audience(form, request.client)
         services = request.services
-        user = await services.users.by_username(username)
-        matched = await services.hasher.verify(user.password_hash if user else None, password)
-        if user is None or not matched or user.disabled:
+
+        async def check() -> User | None:
+            found = await services.users.by_username(username)
+            matched = await services.hasher.verify(found.password_hash if found else None, password)
+            return found if found is not None and matched and not found.disabled else None
+
+        services.hasher.refuse_if_full()
+        attempt = services.throttle.attempt("user", username, request.remote)
+        user = await services.throttle.attempt_once(attempt, password, check, succeeded=lambda found: found is not None)
+        if user is None:
+            events.login_failed("user", username, request.remote)
             raise InvalidGrant("invalid username or password")
         if services.hasher.needs_rehash(user.password_hash):
             await services.users.rehash_password(user.user_id, user.password_hash, await services.hasher.hash(password))

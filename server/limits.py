@@ -1,0 +1,131 @@
+"""Time limits on a request, and who sent it.
+
+Two clocks run for every request (docs/hardening.md):
+
+- the client's: once the headers are in, the whole body must arrive within the client timeout
+  (``TESSERA_CLIENT_TIMEOUT``), or the answer is 408 and the connection closes. The headers
+  themselves are bounded by aiohttp's keep-alive timer, set to the same value in ``server.app``:
+  it closes a connection on which no complete request has arrived in that time;
+- the server's: once the body is in, the answer must be ready within the database statement
+  timeout plus ``ANSWER_MARGIN_SECONDS``, or it is 503 ``temporarily_unavailable``. This
+  covers what the statement timeout alone cannot: waiting for a pool connection while every
+  connection hangs on a database that accepts connections but never answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from server.errors import RequestTimeout
+from server.settings import Settings
+
+
+@dataclass(slots=True)
+class RequestClock:
+    deadline: asyncio.Timeout
+    client_timeout: float
+    answer_within: float
+
+
+REQUEST_CLOCK = web.RequestKey("request_clock", RequestClock)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# Past the statement timeout: room for a pool connection to be made and the answer written.
+ANSWER_MARGIN_SECONDS = 2.0
+# HTTP/1 limits: a request line or header line over 8 KiB, or over 64 header lines, is a 400.
+MAX_LINE_BYTES = 8190
+MAX_HEADERS = 64
+# How long a refused request's unread body is drained so the client can read the refusal.
+LINGER_SECONDS = 2.0
+
+
+def connection_limits(settings: Settings) -> dict[str, Any]:
+    """aiohttp's per-connection limits (``handler_args``).
+
+    aiohttp (3.14.4 and later) arms its keep-alive timer when a connection opens and closes the
+    connection when it fires while no complete request has arrived: with the client timeout as
+    the keep-alive timeout, that is the header timeout against a slow-loris, and idle
+    connections go after the same time.
+    """
+    return {
+        "max_line_size": MAX_LINE_BYTES,
+        "max_field_size": MAX_LINE_BYTES,
+        "max_headers": MAX_HEADERS,
+        "keepalive_timeout": settings.client_timeout,
+        "lingering_time": LINGER_SECONDS,
+    }
+
+
+def deadline_middleware(settings: Settings) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Bounds each request's handling; a ``TimeoutError`` leaves it for ``error_middleware`` (503)."""
+    client_timeout = settings.client_timeout
+    answer_within = settings.db_statement_timeout + ANSWER_MARGIN_SECONDS
+
+    @web.middleware
+    async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+        async with asyncio.timeout(answer_within) as timeout:
+            request[REQUEST_CLOCK] = RequestClock(timeout, client_timeout, answer_within)
+            return await handler(request)
+
+    return deadline
+
+
+@contextlib.asynccontextmanager
+async def receiving_body(request: web.Request) -> AsyncIterator[None]:
+    """Time the body read by the client's clock, then start the server's clock afresh."""
+    clock = request.get(REQUEST_CLOCK)
+    if clock is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    clock.deadline.reschedule(None)
+    try:
+        async with asyncio.timeout(clock.client_timeout):
+            yield
+    except TimeoutError:
+        raise RequestTimeout("the request body did not arrive in time") from None
+    finally:
+        clock.deadline.reschedule(loop.time() + clock.answer_within)
+
+
+def client_address(request: web.Request, trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str | None:
+    """The address a request came from: the peer, or behind trusted proxies the nearest address
+    in ``X-Forwarded-For`` that is not one of them (the only one nobody else could have forged)."""
+    peer = request.remote
+    if not trusted_proxies or not _is_trusted(peer, trusted_proxies):
+        return peer
+    forwarded = [item.strip() for value in request.headers.getall("X-Forwarded-For", []) for item in value.split(",")]
+    for hop in reversed(forwarded):
+        if not _is_trusted(hop, trusted_proxies):
+            return hop if _is_address(hop) else peer
+    return peer
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_trusted(address: str | None, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    if address is None:
+        return False
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in networks)
+
+
+__all__ = ["REQUEST_CLOCK", "client_address", "connection_limits", "deadline_middleware", "receiving_body"]
