@@ -34,6 +34,11 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.QueryCanceledError,
     asyncpg.InterfaceError,
+    # A pooled connection whose backend was terminated while idle (pg_terminate_backend, a
+    # failover) has already received PostgreSQL's FATAL message; asyncpg then refuses the next
+    # query on it with this, not with a connection error (MagicStack/asyncpg#784, #1069). Nothing
+    # was sent: like a lost connection, it is 503 and the pool replaces the connection.
+    asyncpg.InternalClientError,
     ConnectionError,
     OSError,
     TimeoutError,
