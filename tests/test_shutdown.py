@@ -38,7 +38,9 @@ async def one_request(method: str, url: str, **kwargs: object) -> Outcome:
                 return Outcome(started, time.monotonic(), str(response.status), body)
         except aiohttp.ClientConnectorError:
             return Outcome(started, time.monotonic(), "refused")
-        except aiohttp.ServerDisconnectedError:
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            # Closed, or reset by the kernel (a connection queued as the listener closed), before
+            # any byte of an answer: the request was never handled.
             return Outcome(started, time.monotonic(), "no answer")
 
 
