@@ -92,6 +92,8 @@ def fast_line_handler(logger: logging.Logger) -> JsonLineHandler | None:
     handlers = logging.root.handlers
     if len(handlers) != 1 or type(handlers[0]) is not JsonLineHandler or handlers[0].filters:
         return None
+    if handlers[0].level > logging.INFO:
+        return None
     return handlers[0]
 
 
