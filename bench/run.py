@@ -102,7 +102,8 @@ def wrk(url: str, script: str, seconds: float, conns: int, cpu: str | None, thre
         # report.lua prints "BENCH {...}"; refresh_chain.lua (shared with bench_refresh.py) "WRKJSON {...}".
         if line.startswith(("BENCH ", "WRKJSON ")):
             result = json.loads(line.partition(" ")[2])
-            result.setdefault("rps", result["requests"] / result["duration_s"])
+            if "rps" not in result:
+                result["rps"] = result["requests"] / result["duration_s"]
             result["errors"] = result["non2xx"] + result["socket_errors"] + result["bad"]
             return result
     raise RuntimeError(f"wrk printed no result: {output.stdout[-500:]} {output.stderr[-500:]}")
