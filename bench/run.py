@@ -99,8 +99,11 @@ def wrk(url: str, script: str, seconds: float, conns: int, cpu: str | None, thre
     ]
     output = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=seconds + 60)
     for line in output.stdout.splitlines():
-        if line.startswith("BENCH "):
-            result = json.loads(line[6:])
+        # report.lua prints "BENCH {...}"; refresh_chain.lua (shared with bench_refresh.py) "WRKJSON {...}".
+        if line.startswith(("BENCH ", "WRKJSON ")):
+            result = json.loads(line.partition(" ")[2])
+            if "rps" not in result:
+                result["rps"] = result["requests"] / result["duration_s"]
             result["errors"] = result["non2xx"] + result["socket_errors"] + result["bad"]
             return result
     raise RuntimeError(f"wrk printed no result: {output.stdout[-500:]} {output.stderr[-500:]}")
@@ -230,14 +233,16 @@ def run_tessera(mode: str, endpoints: list[str], args: argparse.Namespace, work:
                 if "refresh_token" not in first:
                     continue
                 pool = work / f"tokens-{mode}.txt"
-                # One chain per connection, twice over: the warm-up spends one set, the run the other.
+                # wrk asks for a connection's next request before it hands over the previous answer, so
+                # a chain needs two seed tokens per connection; the warm-up spends one set, the run the other.
+                per_run = 2 * args.conns + 4
                 tokens = [first["refresh_token"]] + [
-                    post_form(base + "/token", login)["refresh_token"] for _ in range(2 * args.conns + 7)
+                    post_form(base + "/token", login)["refresh_token"] for _ in range(2 * per_run - 1)
                 ]
-                for part, seconds in ((tokens[: args.conns + 4], args.warmup), (tokens[args.conns + 4 :], args.duration)):
+                for part, seconds in ((tokens[:per_run], args.warmup), (tokens[per_run:], args.duration)):
                     pool.write_text("\n".join(part) + "\n")
-                    result = wrk(base + "/token", "refresh.lua", seconds, args.conns, wrk_cpu, threads,
-                                 {"TOKENS": str(pool), "THREADS": str(threads), "AUTH": AUTH})
+                    result = wrk(base + "/token", "refresh_chain.lua", seconds, args.conns, wrk_cpu, threads,
+                                 {"TOKENS_FILE": str(pool), "WRK_THREADS": str(threads), "AUTH": AUTH})
                 results[endpoint] = result
                 continue
             else:

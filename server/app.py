@@ -15,6 +15,7 @@ from keys.kek import KekRing
 from keys.keyring import Keyring
 from server import db, metrics
 from server.client_auth import ClientAuthenticator, VerifiedSecretCache
+from server.client_cache import ChangeFeed, ClientCache, RecentFailures
 from server.cors import install_cors
 from server.grants import GrantServices, default_grants
 from server.key_scheduler import KeyScheduler, key_lifecycle
@@ -29,7 +30,7 @@ from server.settings import Settings
 from server.store import ClientStore, PgKeyStore, UserStore
 from server.store.login_failures import LoginFailureStore
 from server.store.secrets import server_secret
-from server.throttle import LoginThrottle
+from server.throttle import WINDOW_SECONDS, LoginThrottle
 from server.tokens import AccessTokenIssuer
 from server.views import add_routes, metadata_document
 
@@ -85,12 +86,15 @@ async def open_services(
             await prepare_database(pool, settings, database.keks, clock)
             key_store = PgKeyStore(pool)
             keyring = Keyring(key_store, database.keks, clock=clock)
+            client_rows = ClientCache()
+            recent_failures = RecentFailures(WINDOW_SECONDS, clock)
             key_scheduler = KeyScheduler(
                 database.dsn,
                 keyring,
                 key_lifecycle(settings, key_store, database.keks, clock),
                 reload_interval=settings.key_reload_interval,
                 clock=clock,
+                feed=ChangeFeed(client_rows, recent_failures),
             )
             await key_scheduler.prepare()
             if series is not None:
@@ -106,6 +110,7 @@ async def open_services(
                 max_failures=settings.login_max_failures,
                 max_failures_per_address=settings.login_max_failures_per_address,
                 clock=clock,
+                recent_failures=recent_failures,
             )
             clients, users = ClientStore(pool), UserStore(pool)
             grants = default_grants()
@@ -120,7 +125,9 @@ async def open_services(
                 hasher=hasher,
                 clients=clients,
                 users=users,
-                authenticator=ClientAuthenticator(clients, client_hasher, VerifiedSecretCache(), throttle),
+                authenticator=ClientAuthenticator(
+                    clients, client_hasher, VerifiedSecretCache(), throttle, client_rows, recent_failures
+                ),
                 grants=grants,
                 grant_services=GrantServices(tokens, users, hasher, clock, extras, throttle),
                 metadata_body=metadata_document(settings.issuer, sorted(grants), endpoint_metadata(settings.issuer)),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from server import events
+from server.client_cache import ClientCache, RecentFailures
 from server.errors import InvalidClient, InvalidRequest
 from server.passwords import SecretHasher
 from server.store import Client, ClientStore
@@ -110,19 +111,28 @@ class VerifiedSecretCache:
 class ClientAuthenticator:
     """Authenticates the caller, throttled per (client, address) and per address (server.throttle).
 
-    The common case costs one query and no write: the client row and its failure counter come
-    back together, and a secret that matched recently is recognised by ``VerifiedSecretCache``.
-    Only an attempt that has to run argon2 (a new, wrong or unknown secret) is charged to the
-    throttle first, so a throttled attempt never reaches argon2.
+    The common case costs no query and no write: the client row comes from ``ClientCache``, the
+    pair's failure counter is known to be clean (``RecentFailures``), and a secret that matched
+    recently is recognised by ``VerifiedSecretCache``. Otherwise the client row and its failure
+    counter come back together in one query. Only an attempt that has to run argon2 (a new, wrong
+    or unknown secret) is charged to the throttle first, so a throttled attempt never reaches argon2.
     """
 
     def __init__(
-        self, clients: ClientStore, hasher: SecretHasher, cache: VerifiedSecretCache, throttle: LoginThrottle
+        self,
+        clients: ClientStore,
+        hasher: SecretHasher,
+        cache: VerifiedSecretCache,
+        throttle: LoginThrottle,
+        rows: ClientCache | None = None,
+        recent_failures: RecentFailures | None = None,
     ) -> None:
         self._clients = clients
         self._hasher = hasher
         self._cache = cache
         self._throttle = throttle
+        self._rows = rows if rows is not None else ClientCache()
+        self._recent = recent_failures
 
     async def authenticate(self, authorization: str | None, form: Mapping[str, str], *, remote: str | None) -> Client:
         credentials = extract_credentials(authorization, form)
@@ -130,14 +140,27 @@ class ClientAuthenticator:
             raise InvalidClient("client authentication failed")
         if credentials.method == "none":
             # Nothing to guess: a public client has no secret, and no argon2 runs.
-            client = await self._clients.get(credentials.client_id)
+            client = await self._rows.load(credentials.client_id, self._clients.get)
             if client is None or not client.is_public:
                 raise InvalidClient("client authentication failed")
             return client
         secret = credentials.secret
         assert secret is not None
         attempt = self._throttle.attempt("client", credentials.client_id, remote)
+        recent = self._recent
+        if recent is not None and recent.clean(attempt.subject.key):
+            # Known to hold no failures, so not throttled: a cached row and secret need no query.
+            known = self._rows.get(credentials.client_id)
+            if known is not None and known.secret_hash is not None:
+                if self._cache.matches(known.client_id, secret, known.secret_hash):
+                    return known
+        generation = self._rows.generation
+        marks = recent.marks if recent is not None else 0
         client, failures = await self._clients.get_with_failures(credentials.client_id, attempt.subject.key)
+        if client is not None:
+            self._rows.put(client, generation)
+        if recent is not None and (failures is None or not failures.failures):
+            recent.forget(attempt.subject.key, marks)
         # Checked even when the secret is cached: otherwise a throttled attacker would still learn,
         # at full speed, which guess is the secret the real client has just used.
         self._throttle.refuse_if_blocked(attempt, failures)

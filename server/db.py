@@ -17,7 +17,7 @@ import secrets
 import base64
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -109,54 +109,74 @@ class PoolObserver(Protocol):
 
 
 class MeteredPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no type hints
-    """asyncpg's pool, telling an observer how long each acquire took and whether every connection
-    was in use. Only the public ``acquire`` and ``release`` are wrapped (``fetch`` and friends go
-    through them); connections in use are counted here, not by walking the pool on each call."""
+    """asyncpg's pool, first come first served, telling an observer how long each acquire took and
+    whether every connection was in use. Only the public ``acquire`` and ``release`` are wrapped
+    (``fetch`` and friends go through them); connections in use are counted here, not by walking
+    the pool on each call.
 
-    __slots__ = ("_observer", "_in_use")
+    Why the gate: asyncpg hands out connections through an ``asyncio.Queue``, which lets a request
+    that arrives just as a connection is released take it ahead of the waiter that was woken for
+    it, and sends that waiter to the back of the line. Under load (64 connections over 20) some
+    requests waited ten times the mean: refresh p99 250-330 ms at a p50 of 13-18 ms. A semaphore
+    (FIFO since Python 3.11.1) in front of it serves waiters in order.
+    """
+
+    __slots__ = ("_observer", "_in_use", "_gate")
 
     def __init__(self, dsn: str, *, observer: PoolObserver | None, **kwargs: Any) -> None:
         super().__init__(dsn, **kwargs)
         self._observer = observer
         self._in_use = 0
+        self._gate: asyncio.Semaphore | None = None
 
     def acquire(self, *, timeout: float | None = None) -> Any:
-        inner = super().acquire(timeout=timeout)
-        return inner if self._observer is None else _TimedAcquire(self, self._observer, inner)
+        if self._gate is None:
+            self._gate = asyncio.Semaphore(self.get_max_size())
+        return _GatedAcquire(self, self._gate, super().acquire(timeout=timeout), timeout)
 
     async def release(self, connection: Any, *, timeout: float | None = None) -> None:
         try:
             await super().release(connection, timeout=timeout)
         finally:
+            if self._gate is not None:
+                self._gate.release()
             if self._observer is not None:
                 self._in_use -= 1
                 self._observer.pool_released()
 
 
-class _TimedAcquire:
+class _GatedAcquire:
     """Usable as ``async with pool.acquire()`` and ``await pool.acquire()``, like asyncpg's own."""
 
-    __slots__ = ("_pool", "_observer", "_inner")
+    __slots__ = ("_pool", "_gate", "_inner", "_timeout")
 
-    def __init__(self, pool: MeteredPool, observer: PoolObserver, inner: Any) -> None:
-        self._pool, self._observer, self._inner = pool, observer, inner
+    def __init__(self, pool: MeteredPool, gate: asyncio.Semaphore, inner: Any, timeout: float | None) -> None:
+        self._pool, self._gate, self._inner, self._timeout = pool, gate, inner, timeout
 
-    async def _timed(self, acquiring: Awaitable[Any]) -> Any:
-        exhausted = self._pool._in_use >= self._pool.get_max_size()
+    async def _acquire(self, acquiring: Callable[[], Awaitable[Any]]) -> Any:
+        pool, observer = self._pool, self._pool._observer
+        exhausted = pool._in_use >= pool.get_max_size()
         started = time.perf_counter()
-        connection = await acquiring
-        self._pool._in_use += 1
-        self._observer.pool_acquired(time.perf_counter() - started, exhausted)
+        async with asyncio.timeout(self._timeout):
+            await self._gate.acquire()
+        try:
+            connection = await acquiring()
+        except BaseException:
+            self._gate.release()
+            raise
+        if observer is not None:
+            pool._in_use += 1
+            observer.pool_acquired(time.perf_counter() - started, exhausted)
         return connection
 
     async def __aenter__(self) -> Any:
-        return await self._timed(self._inner.__aenter__())
+        return await self._acquire(self._inner.__aenter__)
 
     async def __aexit__(self, *exc: object) -> None:
         await self._inner.__aexit__(*exc)
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._timed(self._inner).__await__()
+        return self._acquire(lambda: self._inner).__await__()
 
 
 async def create_pool(

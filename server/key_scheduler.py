@@ -2,7 +2,9 @@
 
 - LISTEN on ``KEYS_CHANNEL`` on a dedicated connection: every change to the key set (a rotation
   here or on any other host, a CLI command) reloads the keyring within milliseconds. The
-  connection is checked every ``LISTEN_CHECK_SECONDS`` and re-opened when lost.
+  connection is checked every ``LISTEN_CHECK_SECONDS`` and re-opened when lost. The same
+  connection feeds the client and failed-login caches (``server.client_cache``), which answer
+  only while it is up.
 - Every TESSERA_KEY_RELOAD_INTERVAL seconds the keyring reloads anyway: the fallback when a
   notification is lost, and how retired keys leave the JWKS once expired. The same tick rotates
   when due; every instance may try, the store's compare-and-set lets exactly one succeed.
@@ -22,6 +24,7 @@ from keys.keyring import Keyring, NoActiveKey
 from keys.lifecycle import KeyLifecycle, LifecycleError, Policy, Rotation, at, key_roles
 from keys.store import KeyStore
 from server import events
+from server.client_cache import ChangeFeed
 from server.middleware import DATABASE_UNAVAILABLE
 from server.settings import Settings
 from server.store.keys import KEYS_CHANNEL
@@ -61,8 +64,10 @@ class KeyScheduler:
         *,
         reload_interval: float,
         clock: Callable[[], float],
+        feed: ChangeFeed | None = None,
     ) -> None:
         self._dsn = dsn
+        self._feed = feed
         self._keyring = keyring
         self._lifecycle = lifecycle
         self._reload_interval = reload_interval
@@ -135,12 +140,17 @@ class KeyScheduler:
             except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:
                 events.key_listener_lost(f"{type(exc).__name__}: {exc}")
             finally:
+                if self._feed is not None:
+                    # Nobody listens now: the caches stop answering until they are rebuilt.
+                    self._feed.lost()
                 connection.terminate()
 
     async def _listen_on(self, connection: asyncpg.Connection) -> None:
         lost = asyncio.Event()
         connection.add_termination_listener(lambda _: lost.set())
         await connection.add_listener(KEYS_CHANNEL, lambda *_: self._wake.set())
+        if self._feed is not None:
+            await self._feed.connected(connection)
         self._wake.set()  # whatever changed while nobody listened
         while True:
             try:

@@ -66,12 +66,18 @@ def connection_limits(settings: Settings) -> dict[str, Any]:
 
 
 def deadline_middleware(settings: Settings) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Bounds each request's handling; a ``TimeoutError`` leaves it for ``error_middleware`` (503)."""
+    """Bounds each request's handling; a ``TimeoutError`` leaves it for ``error_middleware`` (503).
+
+    Only POST requests get a clock: the GET endpoints answer from memory (the JWKS, metadata,
+    health) or bound their one query themselves (/readyz), and anything else is a 404 or 405.
+    """
     client_timeout = settings.client_timeout
     answer_within = settings.db_statement_timeout + ANSWER_MARGIN_SECONDS
 
     @web.middleware
     async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "POST":
+            return await handler(request)
         async with asyncio.timeout(answer_within) as timeout:
             request[REQUEST_CLOCK] = RequestClock(timeout, client_timeout, answer_within)
             return await handler(request)

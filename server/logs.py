@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
+from typing import Any
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -51,8 +53,52 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(entry, default=str, separators=(",", ":")))
 
 
+def _timestamp(now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
+class JsonLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler ``configure`` installs, with a shortcut for the one line every request writes.
+
+    ``write_line`` makes the same JSON object ``JsonFormatter`` would (same keys, same redaction)
+    without a ``LogRecord``: building one, with its frame lookup and two dozen attributes, cost
+    about a tenth of a cached token request.
+    """
+
+    def write_line(self, level: str, logger: str, message: str, fields: dict[str, Any]) -> None:
+        entry: dict[str, Any] = {
+            "ts": _timestamp(time.time()), "level": level, "logger": logger, "pid": os.getpid(), "msg": message,
+        }
+        entry.update(fields)
+        line = redact(json.dumps(entry, default=str, separators=(",", ":"))) + self.terminator
+        self.acquire()
+        try:
+            self.stream.write(line)
+            self.flush()
+        finally:
+            self.release()
+
+
+def fast_line_handler(logger: logging.Logger) -> JsonLineHandler | None:
+    """The handler ``write_line`` may use for an INFO line of ``logger``, if nothing else (a test's
+    capture, an operator's extra handler or filter) would see the record: else None, and log it."""
+    if not logger.isEnabledFor(logging.INFO) or logger.filters:
+        return None
+    node: logging.Logger | None = logger
+    while node is not None and node is not logging.root:
+        if node.handlers or not node.propagate:
+            return None
+        node = node.parent
+    handlers = logging.root.handlers
+    if len(handlers) != 1 or type(handlers[0]) is not JsonLineHandler or handlers[0].filters:
+        return None
+    if handlers[0].level > logging.INFO:
+        return None
+    return handlers[0]
+
+
 def configure(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = JsonLineHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -98,6 +99,7 @@ class Metrics:
             "tessera_db_pool_acquire_seconds", "Time a request waited to get a database connection",
             registry=values, buckets=ACQUIRE_BUCKETS,
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.pool_waits = counter(
             "tessera_db_pool_waits", "Connection acquisitions that found every connection of the pool in use"
         )
@@ -110,8 +112,13 @@ class Metrics:
     # --- what the rest of the server reports ----------------------------------------------------
 
     def request_done(self, endpoint: str, method: str, status: int, seconds: float, error: str | None) -> None:
-        self.requests.labels(endpoint, method, str(status)).inc()
-        self.request_seconds.labels(endpoint, method).observe(seconds)
+        # The labelled children, looked up once per (endpoint, method, status): bounded by the routes.
+        children = self._request_children.get((endpoint, method, status))
+        if children is None:
+            children = (self.requests.labels(endpoint, method, str(status)), self.request_seconds.labels(endpoint, method))
+            self._request_children[(endpoint, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if error is not None:
             self.oauth_errors.labels(endpoint, error).inc()
 

@@ -241,7 +241,7 @@ def load_settings(
     max_failures = _int(env, "TESSERA_LOGIN_MAX_FAILURES", 10, 1, 1_000_000)
     shutdown = _float(env, "TESSERA_SHUTDOWN_TIMEOUT", 10.0, 0.0, 3600.0)
     shutdown_delay = _float(env, "TESSERA_SHUTDOWN_DELAY", 0.0, 0.0, 300.0)
-    pool = _int(env, "TESSERA_DB_POOL_SIZE", 10, 1, 500)
+    pool = _int(env, "TESSERA_DB_POOL_SIZE", 20, 1, 500)
     statement_timeout = _float(env, "TESSERA_DB_STATEMENT_TIMEOUT", 5.0, 0.1, 600.0)
     # OWASP's argon2id profile (m=19 MiB, t=2, p=1): tens of milliseconds per login on one core.
     argon2 = Argon2Profile(

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from server import events
+from server.client_cache import RecentFailures
 from server.errors import TemporarilyUnavailable, TooManyAttempts
 from server.store.login_failures import Counter, FailureCount, LoginFailureStore
 
@@ -36,6 +37,7 @@ T = TypeVar("T")
 
 WINDOW_SECONDS = 900.0
 PRUNE_EVERY_SECONDS = 60.0
+ATTEMPTS_REMEMBERED = 4096
 
 
 def address_key(remote: str | None) -> str:
@@ -74,14 +76,17 @@ class LoginThrottle:
         max_failures: int,
         max_failures_per_address: int,
         clock: Callable[[], float],
+        recent_failures: RecentFailures | None = None,
     ) -> None:
         self._store = store
+        self._recent = recent_failures
         self._key = key
         self._max_failures = max_failures
         self._per_address = max_failures_per_address
         self._clock = clock
         self._next_prune = 0.0
         self._in_flight: dict[bytes, asyncio.Future[Any]] = {}
+        self._attempts: dict[tuple[str, str, str | None], Attempt] = {}
 
     def _counter(self, kind: str, subject: str, remote: str, limit: int) -> Counter:
         digest = hmac.new(self._key, "\x00".join((kind, subject, remote)).encode(), hashlib.sha256).digest()
@@ -89,6 +94,15 @@ class LoginThrottle:
 
     def attempt(self, kind: str, subject: str, remote: str | None) -> Attempt:
         """``kind`` is "user" (``subject`` the username) or "client" (the client id)."""
+        # Two HMACs and an address parse per request: remembered for the pairs seen lately.
+        known = self._attempts.get((kind, subject, remote))
+        if known is None:
+            if len(self._attempts) >= ATTEMPTS_REMEMBERED:
+                self._attempts.clear()
+            known = self._attempts[(kind, subject, remote)] = self._new_attempt(kind, subject, remote)
+        return known
+
+    def _new_attempt(self, kind: str, subject: str, remote: str | None) -> Attempt:
         where = address_key(remote)
         address = self._counter("address", "", where, self._per_address) if self._per_address else None
         return Attempt(self._counter(kind, subject, where, self._max_failures), address)
@@ -141,6 +155,10 @@ class LoginThrottle:
         """Charge the attempt before the secret is checked; 429 if that goes past a limit."""
         now = self._clock()
         counts = await self._store.reserve(attempt.counters, now=now, window=WINDOW_SECONDS)
+        if self._recent is not None:
+            # This instance knows at once; the others learn it from the notification of the charge.
+            for key, count in counts.items():
+                self._recent.mark(key, count.window_start)
         over = [counts[c.key] for c in attempt.counters if c.key in counts and counts[c.key].failures > c.limit]
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY_SECONDS

@@ -21,6 +21,22 @@ def basic(client_id: str, secret: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
 
 
+async def within_notification(check: Any, deadline: float = 2.0) -> Any:
+    """``check()`` again until it is truthy, for up to ``deadline`` seconds; its last result.
+
+    For changes made behind the server's back (another pool, the CLI): the server learns of them
+    from a PostgreSQL notification, milliseconds after the commit (docs/performance.md)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline
+    while True:
+        result = await check()
+        if result or loop.time() >= give_up:
+            return result
+        await asyncio.sleep(0.005)
+
+
 async def post_token(http: TestClient[Any, Any], data: dict[str, str] | str | bytes, **kwargs: Any) -> tuple[int, dict[str, Any], Any]:
     response = await http.post("/token", data=data, **kwargs)
     body = await response.json(content_type=None)

@@ -114,3 +114,21 @@ def test_a_credential_that_reaches_a_log_line_by_accident_is_masked():
     line = json.loads(JsonFormatter().format(record))
     assert "hunter2" not in line["msg"] and "tsr_aaaa" not in line["msg"] and "eyJ" not in line["msg"]
     assert line["msg"].count("[redacted]") == 4 and line["path"] == "/introspect/[redacted]"
+
+
+def test_the_request_line_shortcut_writes_what_the_formatter_would():
+    import io
+    import logging
+
+    from server.logs import JsonFormatter, JsonLineHandler
+
+    fields = {"request_id": "r1", "method": "GET", "path": "/x/eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzdmMifQ.c2ln",
+              "status": 200, "duration_ms": 1.5, "remote": "127.0.0.1", "client_id": "svc"}
+    stream = io.StringIO()
+    JsonLineHandler(stream).write_line("info", "tessera.http", "request", fields)
+    record = logging.LogRecord("tessera.http", logging.INFO, __file__, 1, "request", None, None)
+    record.__dict__.update(fields)
+    shortcut, formatted = json.loads(stream.getvalue()), json.loads(JsonFormatter().format(record))
+    assert stream.getvalue().count("\n") == 1
+    assert {k: v for k, v in shortcut.items() if k != "ts"} == {k: v for k, v in formatted.items() if k != "ts"}
+    assert "[redacted]" in shortcut["path"]

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
 from server.settings import load_settings
-from tests.helpers import basic, post_token
+from tests.helpers import basic, post_token, within_notification
 
 SECRET = "s3cret-s3cret-s3cret"
 PASSWORD = "correct horse battery staple"
@@ -156,6 +156,24 @@ async def test_client_secret_guessing_is_throttled_even_when_the_right_secret_is
     _assert_throttled(*await _client_credentials(client, SECRET))
     status, body, _ = await _client_credentials(client, SECRET, address=VICTIM)
     assert status == 200, body
+
+
+async def test_guessing_on_one_instance_throttles_the_cached_secret_on_another(client, admin, settings, clock):
+    """Each instance answers a recently verified secret from memory; failures charged on another
+    instance reach it by notification (milliseconds), and from then on the pair gets 429 there too."""
+    await admin.client("svc")
+    assert (await _client_credentials(client, SECRET))[0] == 200  # cached on this instance
+    assert (await _client_credentials(client, SECRET))[0] == 200  # and its counter known to be clean
+    async with TestClient(TestServer(create_app(settings, clock=clock), host="127.0.0.1")) as other:
+        for n in range(LIMIT):
+            assert (await _client_credentials(other, f"guess-{n}-guess-{n}"))[0] == 401
+
+    async def throttled_here() -> bool:
+        return (await _client_credentials(client, SECRET))[0] == 429
+
+    assert await within_notification(throttled_here)
+    _assert_throttled(*await _client_credentials(client, SECRET))
+    assert (await _client_credentials(client, SECRET, address=VICTIM))[0] == 200
 
 
 async def test_unknown_clients_are_throttled_like_known_ones(client, admin):

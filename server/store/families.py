@@ -60,7 +60,7 @@ UPDATE refresh_families
    AND revoked_at IS NULL AND expires_at > $6 AND idle_expires_at > $6
    AND ($8::text[] IS NULL OR scopes @> $8::text[])
    AND ($9::text IS NULL OR audience = $9::text)
-RETURNING {_COLUMNS}
+RETURNING user_id, scopes, audience, auth_time, created_at, expires_at
 """
 
 # Pages of the table swept by one garbage-collection statement (8 KiB each): bounded work per
@@ -134,7 +134,25 @@ class FamilyStore:
             list(scopes) if scopes is not None else None,
             audience,
         )
-        return _family(row) if row else None
+        if row is None:
+            return None
+        # Only what the rotation did not set itself comes back: decoding is a good part of its cost.
+        return Family(
+            family_id=family_id,
+            client_id=client_id,
+            user_id=row["user_id"],
+            scopes=tuple(row["scopes"]),
+            audience=row["audience"],
+            auth_time=row["auth_time"],
+            created_at=row["created_at"],
+            expires_at=row["expires_at"],
+            generation=generation + 1,
+            current_hash=successor_hash,
+            last_rotated_at=now,
+            idle_expires_at=idle_expires_at,
+            revoked_at=None,
+            revoked_reason=None,
+        )
 
     async def get(self, family_id: uuid.UUID) -> Family | None:
         row = await self._db.fetchrow(f"SELECT {_COLUMNS} FROM refresh_families WHERE family_id = $1", family_id)
