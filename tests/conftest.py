@@ -29,6 +29,7 @@ from server.passwords import SecretHasher
 from server.settings import Settings, load_settings
 from server.store import Client, ClientStore, User, UserStore
 from tests.helpers import with_database
+from tests.processes import processes  # noqa: F401  (the fixture that starts real processes, for every module)
 
 # Cheap argon2 in tests: the cost parameters are exercised by their own tests.
 FAST_ARGON2 = {"TESSERA_ARGON2_TIME_COST": "1", "TESSERA_ARGON2_MEMORY_KIB": "1024", "TESSERA_ARGON2_PARALLELISM": "1"}

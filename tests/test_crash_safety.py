@@ -57,7 +57,7 @@ import pytest
 from server.refresh import SECRET_NAME, RefreshChain, parse_refresh_token
 from server.store.secrets import server_secret
 from tests.helpers import basic
-from tests.processes import Process, Processes, free_port, processes, wait_until_ready  # noqa: F401
+from tests.processes import Process, Processes, free_port, wait_until_ready
 from tests.sessions import APP_GRANTS, PASSWORD, SECRET
 
 FAMILIES = 40

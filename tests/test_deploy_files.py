@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import clean_env, free_port, processes, wait_until_ready  # noqa: F401
+from tests.processes import clean_env, free_port, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -13,7 +13,7 @@ import aiohttp
 from keys import kek as kek_box
 from server.settings import decode_kek
 from tests.helpers import basic
-from tests.processes import cli, free_port, processes, wait_until_ready  # noqa: F401
+from tests.processes import cli, free_port, wait_until_ready
 
 DB_PASSWORD = "db-pa55word-that-must-not-leak"
 ALICE_PASSWORD = "alice's correct horse battery staple"

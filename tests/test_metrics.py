@@ -16,7 +16,7 @@ from server import events
 from server.app import create_app
 from server.settings import load_settings
 from tests.helpers import basic, post_token
-from tests.processes import Process, free_port, parse_metrics, processes, sample, wait_until_ready  # noqa: F401
+from tests.processes import Process, free_port, parse_metrics, sample, wait_until_ready
 
 SECRET = "s3cret-s3cret-s3cret"
 PASSWORD = "correct horse battery staple"

@@ -13,7 +13,7 @@ import aiohttp
 from joserfc.jwk import KeySet
 
 from tests.helpers import basic, verify_with_joserfc
-from tests.processes import free_port, processes, wait_until_ready  # noqa: F401
+from tests.processes import free_port, wait_until_ready
 
 SECRET = "s3cret-s3cret-s3cret"
 PASSWORD = "correct horse battery staple"

@@ -24,7 +24,7 @@ import pytest
 from joserfc.jwk import KeySet
 
 from tests.helpers import basic, decode_segment, verify_with_joserfc
-from tests.processes import Process, Processes, cli, free_port, processes, wait_until_ready  # noqa: F401
+from tests.processes import Process, Processes, cli, free_port, wait_until_ready
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
