@@ -1,8 +1,9 @@
 """RFC 6749 section 6: refreshing an access token, with rotation (RFC 9700 section 4.14.2).
 
-``validate`` only reads the request; ``issue`` rotates the token in one conditional UPDATE and
-signs the access token. Everything the access token says (user, audience, ``auth_time``, ``sid``)
-comes from the family, fixed at login.
+``validate`` only reads the request; ``issue`` rotates the token in one conditional UPDATE (sent
+together with concurrent rotations of other families, ``server.store.rotation_batch``) and signs
+the access token. Everything the access token says (user, audience, ``auth_time``, ``sid``) comes
+from the family, fixed at login.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Refresh-token families on PostgreSQL: one row per login, one UPDATE per rotation.
 
-Every statement that a refresh runs touches one row, found by ``family_id``; the rotation itself
-is a single conditional UPDATE, so of many concurrent requests with one token exactly one
-matches (READ COMMITTED re-checks the WHERE clause against the winner's committed row).
+Every row a refresh touches is found by ``family_id``; the rotation itself is a single conditional
+UPDATE, so of many concurrent requests with one token exactly one matches (READ COMMITTED re-checks
+the WHERE clause against the winner's committed row). Rotations of different families in flight
+together share one such statement and its commit (``server.store.rotation_batch``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+
+from server.store.rotation_batch import Rotation, RotationBatcher, single_args
 
 _COLUMNS = (
     "family_id, client_id, user_id, scopes, audience, auth_time, created_at, expires_at, generation,"
@@ -72,6 +75,9 @@ GC_EVENTS_PER_STATEMENT = 5000
 class FamilyStore:
     def __init__(self, db: asyncpg.Pool | asyncpg.Connection) -> None:
         self._db = db
+        # On a pool, concurrent rotations share statements and commits (group commit); on a single
+        # connection, in a caller's transaction, each rotation runs alone.
+        self._rotations = RotationBatcher(db, ROTATE_SQL) if isinstance(db, asyncpg.Pool) else None
 
     async def create(
         self,
@@ -122,18 +128,13 @@ class FamilyStore:
         audience: str | None,
     ) -> Family | None:
         """The rotation, or None if the presented token may not be rotated (say why with ``get``)."""
-        row = await self._db.fetchrow(
-            ROTATE_SQL,
-            family_id,
-            generation,
-            current_hash,
-            client_id,
-            successor_hash,
-            now,
-            idle_expires_at,
-            list(scopes) if scopes is not None else None,
-            audience,
+        rotation = Rotation(
+            family_id, generation, current_hash, client_id, successor_hash, now, idle_expires_at, scopes, audience
         )
+        if self._rotations is not None:
+            row = await self._rotations.rotate(rotation)
+        else:
+            row = await self._db.fetchrow(ROTATE_SQL, *single_args(rotation))
         if row is None:
             return None
         # Only what the rotation did not set itself comes back: decoding is a good part of its cost.
