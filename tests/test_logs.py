@@ -132,3 +132,33 @@ def test_the_request_line_shortcut_writes_what_the_formatter_would():
     assert stream.getvalue().count("\n") == 1
     assert {k: v for k, v in shortcut.items() if k != "ts"} == {k: v for k, v in formatted.items() if k != "ts"}
     assert "[redacted]" in shortcut["path"]
+
+
+async def test_request_lines_of_one_turn_of_the_loop_go_in_one_write_and_keep_their_order():
+    import asyncio
+    import io
+    import logging
+
+    from server.logs import JsonFormatter, JsonLineHandler
+
+    class CountingStream(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    stream = CountingStream()
+    handler = JsonLineHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    for n in range(20):
+        handler.write_line("info", "tessera.http", "request", {"n": n, "path": 'a "quoted" \\ path \u00e9', "x": None})
+    assert stream.writes == 0  # not yet: at the end of this turn of the loop
+    await asyncio.sleep(0)
+    assert stream.writes == 1
+    handler.write_line("info", "tessera.http", "request", {"n": 20})
+    # Any other record first writes the pending lines, so the order on stderr is the order of events.
+    handler.handle(logging.LogRecord("tessera", logging.WARNING, __file__, 1, "after", None, None))
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line.get("n") for line in lines] == list(range(21)) + [None]
+    assert lines[0]["path"] == 'a "quoted" \\ path \u00e9' and lines[0]["x"] is None and lines[-1]["msg"] == "after"
