@@ -19,7 +19,7 @@ from server.client_cache import ChangeFeed, ClientCache, RecentFailures
 from server.cors import install_cors
 from server.grants import GrantServices, default_grants
 from server.key_scheduler import KeyScheduler, key_lifecycle
-from server.limits import connection_limits, deadline_middleware
+from server.limits import DEADLINES, connection_limits, deadlines
 from server.metrics import METRICS, Metrics
 from server.middleware import error_middleware, hide_server_version, security_headers
 from server.passwords import SecretHasher
@@ -39,12 +39,13 @@ log = logging.getLogger("tessera")
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, deadline_middleware(settings)],
+        middlewares=[error_middleware],
         client_max_size=settings.max_body_bytes,
         handler_args=connection_limits(settings),
     )
     app.on_response_prepare.append(security_headers)
     app[METRICS] = Metrics.for_this_process()
+    app[DEADLINES] = deadlines(settings)
     hide_server_version()
     install_cors(app, settings.cors_origins)
     add_routes(app)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -65,24 +66,36 @@ def connection_limits(settings: Settings) -> dict[str, Any]:
     }
 
 
-def deadline_middleware(settings: Settings) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Bounds each request's handling; a ``TimeoutError`` leaves it for ``error_middleware`` (503).
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    client_timeout: float
+    answer_within: float
 
-    Only POST requests get a clock: the GET endpoints answer from memory (the JWKS, metadata,
-    health) or bound their one query themselves (/readyz), and anything else is a 404 or 405.
+
+DEADLINES = web.AppKey("deadlines", Deadlines)
+
+
+def deadlines(settings: Settings) -> Deadlines:
+    return Deadlines(settings.client_timeout, settings.db_statement_timeout + ANSWER_MARGIN_SECONDS)
+
+
+def with_deadline(handler: Handler) -> Handler:
+    """Bounds an endpoint's handling; a ``TimeoutError`` leaves it for ``error_middleware`` (503).
+
+    Only the endpoints that take a body (the POST ones) get a clock: the GET endpoints answer from
+    memory (the JWKS, metadata, health) or bound their one query themselves (/readyz), and anything
+    else is a 404 or 405. A wrapper on those endpoints, not a middleware, so the others do not pay
+    for a layer that does nothing for them.
     """
-    client_timeout = settings.client_timeout
-    answer_within = settings.db_statement_timeout + ANSWER_MARGIN_SECONDS
 
-    @web.middleware
-    async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method != "POST":
-            return await handler(request)
-        async with asyncio.timeout(answer_within) as timeout:
-            request[REQUEST_CLOCK] = RequestClock(timeout, client_timeout, answer_within)
+    @functools.wraps(handler)
+    async def bounded(request: web.Request) -> web.StreamResponse:
+        limits = request.app[DEADLINES]
+        async with asyncio.timeout(limits.answer_within) as timeout:
+            request[REQUEST_CLOCK] = RequestClock(timeout, limits.client_timeout, limits.answer_within)
             return await handler(request)
 
-    return deadline
+    return bounded
 
 
 @contextlib.asynccontextmanager
@@ -134,4 +147,4 @@ def _is_trusted(address: str | None, networks: Sequence[ipaddress.IPv4Network | 
     return any(parsed in network for network in networks)
 
 
-__all__ = ["REQUEST_CLOCK", "client_address", "connection_limits", "deadline_middleware", "receiving_body"]
+__all__ = ["DEADLINES", "REQUEST_CLOCK", "client_address", "connection_limits", "deadlines", "receiving_body", "with_deadline"]

@@ -17,7 +17,7 @@ from server.forms import read_form
 from server.grants import TokenRequest
 from server.introspection import Introspection
 from server.metrics import CONTENT_TYPE, METRICS
-from server.limits import client_address
+from server.limits import client_address, with_deadline
 from server.middleware import LOG_FIELDS, NO_STORE, json_response
 from server.revocation import Revocation
 from server.services import SERVICES
@@ -161,9 +161,9 @@ def openapi_view(document: bytes) -> Callable[[web.Request], Awaitable[web.Respo
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/token", token)
-    app.router.add_post("/revoke", revoke)
-    app.router.add_post("/introspect", introspect)
+    app.router.add_post("/token", with_deadline(token))
+    app.router.add_post("/revoke", with_deadline(revoke))
+    app.router.add_post("/introspect", with_deadline(introspect))
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_get("/.well-known/oauth-authorization-server", metadata)
     app.router.add_get("/.well-known/openid-configuration", metadata)
