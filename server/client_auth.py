@@ -22,6 +22,7 @@ from urllib.parse import unquote_plus
 from server import events
 from server.client_cache import ClientCache, RecentFailures
 from server.errors import InvalidClient, InvalidRequest
+from server.forms import printable
 from server.passwords import SecretHasher
 from server.store import Client, ClientStore
 from server.throttle import LoginThrottle
@@ -37,7 +38,7 @@ class Credentials:
 
 
 def _printable(text: str) -> bool:
-    return bool(text) and all(ch >= " " and ch != "\x7f" for ch in text)
+    return bool(text) and printable(text)
 
 
 def parse_basic(header: str) -> tuple[str, str]:
