@@ -27,6 +27,12 @@ def refresh_rotated(client_id: str) -> None:
         series.refresh_rotations.labels(client_id).inc()
 
 
+def rotations_sent(rows: int) -> None:
+    """``rows`` refresh rotations went to the database as one statement (group commit)."""
+    if (series := metrics.current()) is not None:
+        series.rotation_batch_rows.observe(rows)
+
+
 def refresh_retry_answered(client_id: str) -> None:
     """A retry inside the reuse grace was answered with the same successor."""
     if (series := metrics.current()) is not None:

@@ -40,6 +40,7 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # Token requests take milliseconds (argon2 for a password login: tens of them); the upper buckets
 # catch a database that stalls.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 ACQUIRE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
 
@@ -98,6 +99,10 @@ class Metrics:
         self.pool_acquire_seconds = Histogram(
             "tessera_db_pool_acquire_seconds", "Time a request waited to get a database connection",
             registry=values, buckets=ACQUIRE_BUCKETS,
+        )
+        self.rotation_batch_rows = Histogram(
+            "tessera_refresh_rotation_batch_rows", "Refresh rotations sent to the database in one statement and commit",
+            registry=values, buckets=BATCH_BUCKETS,
         )
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.pool_waits = counter(

@@ -73,6 +73,8 @@ async def test_events_reported_by_other_features_are_counted(client):
     events.refresh_rotated("svc")
     events.refresh_rotated("svc")
     events.refresh_retry_answered("svc")
+    events.rotations_sent(1)
+    events.rotations_sent(40)
     events.refresh_reuse_detected(family_id="f", client_id="svc", user_id="u", remote="127.0.0.1")
     events.families_revoked("reuse", 1)
     events.families_revoked("logout", 3)
@@ -83,6 +85,9 @@ async def test_events_reported_by_other_features_are_counted(client):
     m = await scrape(client)
     assert sample(m, "tessera_refresh_rotations_total", client_id="svc") == 2
     assert sample(m, "tessera_refresh_retries_total", client_id="svc") == 1
+    assert sample(m, "tessera_refresh_rotation_batch_rows_count") == 2
+    assert sample(m, "tessera_refresh_rotation_batch_rows_sum") == 41
+    assert sample(m, "tessera_refresh_rotation_batch_rows_bucket", le="1.0") == 1
     assert sample(m, "tessera_refresh_reuse_detected_total", client_id="svc") == 1
     assert sample(m, "tessera_refresh_families_revoked_total", reason="reuse") == 1
     assert sample(m, "tessera_refresh_families_revoked_total", reason="logout") == 3

@@ -26,6 +26,8 @@ from typing import Any
 
 import asyncpg
 
+from server import events
+
 BATCH_ROTATE_SQL = """
 UPDATE refresh_families AS f
    SET generation = f.generation + 1, current_hash = r.successor_hash, last_rotated_at = r.now,
@@ -126,6 +128,7 @@ class RotationBatcher:
                 self._start()
 
     async def _execute(self, batch: list[Rotation]) -> None:
+        events.rotations_sent(len(batch))
         try:
             if len(batch) == 1:
                 rows = {batch[0].family_id: await self._pool.fetchrow(self._single_sql, *single_args(batch[0]))}
