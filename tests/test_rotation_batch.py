@@ -102,7 +102,31 @@ async def test_the_same_token_presented_many_times_at_once_rotates_exactly_once(
     assert await _hashes(db_conn, {family_id}) == {family_id: (1, winners[0])}
 
 
-async def test_a_batch_chosen_as_deadlock_victim_is_retried_row_by_row(owner, db_conn, pool):
+async def test_a_family_locked_elsewhere_holds_up_only_its_own_rotation(owner, db_conn, pool):
+    ids = await _families(db_conn, owner, [LIVE] * 10)
+    hashes = await _hashes(db_conn, set(ids))
+    locked = ids[3]
+    store = FamilyStore(pool)
+    async with pool.acquire() as blocker:
+        transaction = blocker.transaction()
+        await transaction.start()
+        # Another transaction is revoking (or rotating) one family and has not committed yet.
+        await blocker.execute("SELECT 1 FROM refresh_families WHERE family_id = $1 FOR UPDATE", locked)
+        rotations = {
+            family_id: asyncio.ensure_future(_rotate(store, family_id, 0, hashes[family_id][1], family_id.bytes * 2))
+            for family_id in ids
+        }
+        others = [rotations[family_id] for family_id in ids if family_id != locked]
+        # The batch gives up on the lock after its lock_timeout; the other nine go through row by row.
+        done, _ = await asyncio.wait(others, timeout=5)
+        assert len(done) == 9 and all(task.result() is not None for task in done)
+        assert not rotations[locked].done()  # this one waits for the lock, as a single rotation would
+        await transaction.rollback()
+        assert await asyncio.wait_for(rotations[locked], 5) is not None
+    assert await _hashes(db_conn, set(ids)) == {family_id: (1, family_id.bytes * 2) for family_id in ids}
+
+
+async def test_a_lock_cycle_between_a_batch_and_another_transaction_is_broken_by_the_batch(owner, db_conn, pool):
     first, second = await _families(db_conn, owner, [LIVE, LIVE])
     hashes = await _hashes(db_conn, {first, second})
     store = FamilyStore(pool)
@@ -110,19 +134,17 @@ async def test_a_batch_chosen_as_deadlock_victim_is_retried_row_by_row(owner, db
         transaction = blocker.transaction()
         await transaction.start()
         await blocker.execute("SELECT 1 FROM refresh_families WHERE family_id = $1 FOR UPDATE", second)
-        # The batch locks ``first``, then waits for ``second``.
+        # The batch locks ``first``, then waits for ``second``...
         batch = asyncio.gather(
             _rotate(store, first, 0, hashes[first][1], b"1" * 32), _rotate(store, second, 0, hashes[second][1], b"2" * 32)
         )
-        await asyncio.sleep(0.3)
-        # Now the blocker wants ``first``: a cycle. The batch has waited longer, so its deadlock
-        # check runs first and it is the one PostgreSQL aborts.
-        locking_first = asyncio.ensure_future(
-            blocker.execute("SELECT 1 FROM refresh_families WHERE family_id = $1 FOR UPDATE", first)
+        await asyncio.sleep(0.02)
+        # ...while the other transaction wants ``first``: a deadlock. The batch's lock timeout
+        # (100 ms, well before PostgreSQL's 1 s deadlock check) ends it: the batch lets go and the
+        # other transaction gets its lock, with no error on its side.
+        await asyncio.wait_for(
+            blocker.execute("SELECT 1 FROM refresh_families WHERE family_id = $1 FOR UPDATE", first), 0.9
         )
-        await asyncio.sleep(0.1)
-        assert not batch.done()
-        await locking_first  # granted once the batch is rolled back
         await transaction.rollback()
         results = await asyncio.wait_for(batch, 10)
     assert all(result is not None for result in results)

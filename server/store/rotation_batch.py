@@ -4,15 +4,16 @@ Every rotation must be durably committed before its answer leaves, and on a smal
 commit, not the UPDATE, is what a rotation costs: a round trip, a WAL flush and two context
 switches to the PostgreSQL backend and back. Rotations that arrive together (in the same turn of
 the event loop, or while the previous batch is at the database) go as one ``UPDATE ... FROM
-unnest(...)``: one round trip and one WAL flush for all of them.
+unnest(...)``, wrapped in a function (migration 0007): one round trip and one WAL flush for all.
 
 Each row keeps the single-row statement's conditions (``ROTATE_SQL``): under READ COMMITTED,
 PostgreSQL re-checks the join and WHERE clauses of a row that a concurrent transaction changed
 first, so of several requests with one token, in one process or many, exactly one matches. Two
 requests for the same family never share a batch: the later one waits for the next batch, where it
 finds the family rotated and is answered as a retry or as reuse, like any loser of the race.
-A batch that PostgreSQL picks as a deadlock victim (two instances locking the same families in
-different orders) is retried row by row.
+A row must not hold up the rest of its batch: if one of its families is locked by another
+transaction for longer than the function's ``lock_timeout`` (100 ms), the batch is retried row by
+row, and only that row waits. A deadlock between two instances' batches ends the same way.
 """
 
 from __future__ import annotations
@@ -28,20 +29,8 @@ import asyncpg
 
 from server import events
 
-BATCH_ROTATE_SQL = """
-UPDATE refresh_families AS f
-   SET generation = f.generation + 1, current_hash = r.successor_hash, last_rotated_at = r.now,
-       idle_expires_at = r.idle_expires_at
-  FROM unnest($1::uuid[], $2::integer[], $3::bytea[], $4::text[], $5::bytea[], $6::timestamptz[],
-              $7::timestamptz[], $8::text[], $9::text[])
-       AS r(family_id, generation, current_hash, client_id, successor_hash, now, idle_expires_at, scopes, audience)
- WHERE f.family_id = r.family_id AND f.generation = r.generation AND f.current_hash = r.current_hash
-   AND f.client_id = r.client_id
-   AND f.revoked_at IS NULL AND f.expires_at > r.now AND f.idle_expires_at > r.now
-   AND (r.scopes IS NULL OR f.scopes @> string_to_array(r.scopes, ' '))
-   AND (r.audience IS NULL OR f.audience = r.audience)
-RETURNING f.family_id, f.user_id, f.scopes, f.audience, f.auth_time, f.created_at, f.expires_at
-"""
+# The function is made by migration 0007 (server/migrations/0007_rotation_batch.sql).
+BATCH_ROTATE_SQL = "SELECT * FROM tessera_rotate_families($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
 # Rows per statement. At 64 concurrent rotations a batch rarely reaches this; it bounds the work
 # (and the locks) of one statement.
@@ -134,8 +123,10 @@ class RotationBatcher:
                 rows = {batch[0].family_id: await self._pool.fetchrow(self._single_sql, *single_args(batch[0]))}
             else:
                 rows = {row["family_id"]: row for row in await self._pool.fetch(BATCH_ROTATE_SQL, *_batch_args(batch))}
-        except asyncpg.DeadlockDetectedError:
-            # Nothing of the batch was committed; each row again on its own cannot deadlock.
+        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
+            # A row of the batch met a lock (another transaction is rotating or revoking that
+            # family) and the function gave up waiting: nothing of the batch was kept. Each row on
+            # its own waits only for its own lock, as a rotation always did.
             await asyncio.gather(*(self._one(rotation) for rotation in batch))
             return
         except BaseException as exc:
