@@ -82,12 +82,8 @@ async def _assert_recovers_by_itself(http: TestClient[Any, Any]) -> float:
 
 @pytest.fixture
 async def proxy(env: dict[str, str]) -> AsyncIterator[TcpProxy]:
-    relay = TcpProxy(env["TESSERA_DATABASE_URL"])
-    await relay.start()
-    try:
+    async with TcpProxy(env["TESSERA_DATABASE_URL"]) as relay:
         yield relay
-    finally:
-        await relay.close()
 
 
 async def test_a_database_that_accepts_connections_but_never_answers_gets_503_in_time_then_recovers(env, proxy):
