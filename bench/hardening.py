@@ -35,7 +35,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: make the repository's packages importable
 
-from tests.live_server import free_port, tessera_serve  # noqa: E402
+from tests.processes import tessera_serve  # noqa: E402
 SECRET = "bench-secret-bench-secret"
 
 
@@ -159,7 +159,6 @@ def main() -> None:
                if not k.startswith("TESSERA_") or k == "TESSERA_DATABASE_URL" or k.startswith("TESSERA_ARGON2_")}
         env.update({
             "TESSERA_DATA_DIR": data_dir,
-            "TESSERA_PORT": str(free_port()),
             "TESSERA_KEY_ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("="),
             # Many wrong passwords from one address: the flood is about argon2, not the throttle.
             "TESSERA_LOGIN_MAX_FAILURES": "1000000",
@@ -171,7 +170,7 @@ def main() -> None:
             _tessera(env, "clients", "create", client_id, "--grant-types", grants, "--audiences",
                      "https://bench.example", "--secret-stdin", stdin=SECRET)
         _tessera(env, "users", "create", "alice", "--password-stdin", stdin=SECRET)
-        with tessera_serve(env, Path(data_dir) / "serve.log", ready_within=60) as base:
+        with tessera_serve(env, Path(data_dir), ready_within=60) as (base, _):
             if "TESSERA_DATABASE_URL" in env:
                 print("query cost (one connection, sequential):")
                 asyncio.run(_query_cost(env["TESSERA_DATABASE_URL"], 5000))

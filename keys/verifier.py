@@ -11,6 +11,11 @@ leeway, and the scopes the caller demands. Each failure raises one subclass of
 
 Signatures are checked by joserfc's own algorithm objects with keys imported once per JWKS fetch;
 the header and claims are each base64- and JSON-decoded exactly once.
+
+All of this is :class:`AccessTokenVerifier`, which finds keys through a :class:`KeySource`.
+:class:`Verifier`, what resource servers use, is that core fed from the issuer's JWKS over HTTP
+(:class:`keys.jwks_cache.JWKSCache`); the token server feeds the same core from its own keyring
+(:class:`FixedKeySet` of the JWKS it publishes) to read its tokens back for introspection.
 """
 
 from __future__ import annotations
@@ -20,26 +25,29 @@ import math
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, ClassVar, Final, NoReturn
+from typing import Any, ClassVar, Final, NoReturn, Protocol
 
 import aiohttp
 from joserfc.jwa import JWSAlgModel
 from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64decode
 
-from .jwks_cache import ASYMMETRIC_ALGORITHMS, CachePolicy, JWKSCache, KeySetUnavailable
+from .jwks_cache import ASYMMETRIC_ALGORITHMS, CachedKey, CachePolicy, JWKSCache, KeySetUnavailable, parse_jwks
 
 __all__ = [
     "RFC9068_REQUIRED_CLAIMS",
     "AccessTokenClaims",
+    "AccessTokenVerifier",
     "BadSignature",
     "Expired",
+    "FixedKeySet",
     "InsufficientScope",
     "InvalidClaim",
     "InvalidToken",
     "InvalidTokenType",
     "JWKSUnavailable",
     "KeyAlgorithmMismatch",
+    "KeySource",
     "MalformedToken",
     "MissingClaim",
     "NotYetValid",
@@ -331,53 +339,93 @@ def _scope_set(scopes: Iterable[str] | str) -> frozenset[str]:
     return frozenset(scopes)
 
 
+# -- where keys come from ---------------------------------------------------------------------------
+
+
+class KeySource(Protocol):
+    """Where :class:`AccessTokenVerifier` finds the public key a token's ``kid`` names."""
+
+    async def get_key(self, kid: str) -> CachedKey | None:
+        """The key, or None when the issuer does not publish ``kid``.
+
+        :raises KeySetUnavailable: when no key set can be consulted at all
+        """
+        ...
+
+
+class FixedKeySet:
+    """A key set known in advance, kept by ``kid``: e.g. the JWKS an issuer itself publishes.
+
+    :param document: a JWK Set (RFC 7517 section 5); keys that cannot verify are skipped
+    """
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, document: Mapping[str, Any]) -> None:
+        self._keys = parse_jwks(document)
+
+    @property
+    def algorithms(self) -> frozenset[str]:
+        """Every JWS ``alg`` some key of the set may verify."""
+        return frozenset(alg for key in self._keys.values() for alg in key.algorithms)
+
+    async def get_key(self, kid: str) -> CachedKey | None:
+        return self._keys.get(kid)
+
+
 # -- the verifier ---------------------------------------------------------------------------------
 
 
-class Verifier:
-    """Verifies Tessera's RFC 9068 access tokens offline, against the issuer's published JWKS.
+def _checked_issuer(issuer: object) -> str:
+    if not isinstance(issuer, str) or not issuer:
+        raise ValueError("issuer must be a non-empty string")
+    return issuer
 
-    :param issuer: the exact ``iss`` Tessera puts in its tokens (its ``TESSERA_ISSUER``)
-    :param audience: this resource server's identifier (the ``resource``/``audience`` clients ask
-        tokens for); or several, any of which is accepted
+
+class AccessTokenVerifier:
+    """The verification core: checks RFC 9068 access tokens against the keys a :class:`KeySource`
+    holds by ``kid``, with no I/O of its own. Resource servers use :class:`Verifier`, which feeds it
+    from the issuer's JWKS.
+
+    :param keys: where the key named by a token's ``kid`` is looked up
+    :param issuer: the exact ``iss`` expected
+    :param audience: the ``aud`` to accept (one, or a collection of which any is accepted); None
+        accepts any audience, for a caller that checks ``aud`` itself (the token server's
+        introspection, per asking client). ``aud`` must be present either way.
     :param algorithms: the JWS ``alg`` values to accept; public-key algorithms only
-    :param jwks_url: the JWKS URL; when None it is discovered from the issuer's RFC 8414 metadata
-    :param leeway: seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``
-    :param session: an aiohttp session for fetching the JWKS (left open on close); default: own one
+    :param leeway: seconds of clock skew tolerated on ``nbf`` and ``iat`` (and on ``exp``, unless
+        ``expiry_leeway`` says otherwise)
+    :param expiry_leeway: seconds of clock skew tolerated on ``exp``; default: ``leeway``
     :param required_claims: claims that must be present, besides ``iss``, ``aud`` and ``exp``
         (always required); default: those RFC 9068 section 2.2 requires
     :param max_token_bytes: longer tokens are refused before any parsing
-    :param cache_policy: JWKS cache timings (see :class:`keys.jwks_cache.CachePolicy`)
-    :param jwks_cache: a ready :class:`JWKSCache` to use instead (then ``jwks_url``, ``session`` and
-        ``cache_policy`` must not be given); its creator closes it
     :param clock: wall-clock time in seconds since the epoch, for ``exp``/``nbf``/``iat``
     """
 
     def __init__(
         self,
-        issuer: str,
-        audience: str | Collection[str],
-        algorithms: Collection[str] = ("ES256",),
-        jwks_url: str | None = None,
-        leeway: float = 30,
+        keys: KeySource,
         *,
-        session: aiohttp.ClientSession | None = None,
+        issuer: str,
+        audience: str | Collection[str] | None,
+        algorithms: Collection[str],
+        leeway: float = 30,
+        expiry_leeway: float | None = None,
         required_claims: Collection[str] = RFC9068_REQUIRED_CLAIMS,
         max_token_bytes: int = _DEFAULT_MAX_TOKEN_BYTES,
-        cache_policy: CachePolicy | None = None,
-        jwks_cache: JWKSCache | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not isinstance(issuer, str) or not issuer:
-            raise ValueError("issuer must be a non-empty string")
-        audiences = frozenset((audience,) if isinstance(audience, str) else audience)
-        if not audiences or not all(isinstance(a, str) and a for a in audiences):
+        _checked_issuer(issuer)
+        audiences = None if audience is None else frozenset((audience,) if isinstance(audience, str) else audience)
+        if audiences is not None and (not audiences or not all(isinstance(a, str) and a for a in audiences)):
             raise ValueError("audience must be a non-empty string, or a collection of them")
         if isinstance(algorithms, str):
             raise ValueError('algorithms must be a collection of names, e.g. ["ES256"]')
         self._models = self._algorithm_models(algorithms)
-        if not (isinstance(leeway, (int, float)) and math.isfinite(leeway) and leeway >= 0):
-            raise ValueError("leeway must be a finite number of seconds >= 0")
+        expiry_leeway = leeway if expiry_leeway is None else expiry_leeway
+        for value in (leeway, expiry_leeway):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError("leeway must be a finite number of seconds >= 0")
         if max_token_bytes < 512:
             raise ValueError("max_token_bytes must be at least 512")
 
@@ -385,18 +433,11 @@ class Verifier:
         self.audiences = audiences
         self.algorithms = frozenset(self._models)
         self.leeway = float(leeway)
+        self.expiry_leeway = float(expiry_leeway)
+        self._keys = keys
         self._required_claims = tuple(dict.fromkeys(("iss", "aud", "exp", *required_claims)))
         self._max_token_bytes = max_token_bytes
         self._clock = clock
-
-        if jwks_cache is not None:
-            if jwks_url is not None or session is not None or cache_policy is not None:
-                raise ValueError("give jwks_cache, or jwks_url/session/cache_policy, not both")
-            self._jwks = jwks_cache
-            self._owns_jwks = False
-        else:
-            self._jwks = JWKSCache(jwks_url, issuer=issuer, session=session, policy=cache_policy)
-            self._owns_jwks = True
 
     @staticmethod
     def _algorithm_models(algorithms: Collection[str]) -> dict[str, JWSAlgModel]:
@@ -417,11 +458,6 @@ class Verifier:
         # is decided here, once, by the operator's configuration, so the warning has nothing to add.
         return {name: JWSRegistry.algorithms[name] for name in names}
 
-    @property
-    def jwks(self) -> JWKSCache:
-        """The key set cache (for its ``jwks_url``, ``kids`` and ``fetch_count``)."""
-        return self._jwks
-
     async def verify(self, token: str | bytes, *, required_scopes: Iterable[str] | str = ()) -> AccessTokenClaims:
         """Verify ``token`` and return its claims.
 
@@ -439,7 +475,7 @@ class Verifier:
         if not isinstance(kid, str) or not kid:
             raise UnknownKey("the token has no kid")
         try:
-            entry = await self._jwks.get_key(kid)
+            entry = await self._keys.get_key(kid)
         except KeySetUnavailable as err:
             raise JWKSUnavailable(str(err)) from None
         if entry is None:
@@ -509,11 +545,12 @@ class Verifier:
         if claims["iss"] != self.issuer:
             raise WrongIssuer()
         aud = claims["aud"]
+        audiences = self.audiences
         if isinstance(aud, str):
-            if aud not in self.audiences:
+            if audiences is not None and aud not in audiences:
                 raise WrongAudience()
         elif isinstance(aud, list):
-            if not any(isinstance(a, str) and a in self.audiences for a in aud):
+            if audiences is not None and not any(isinstance(a, str) and a in audiences for a in aud):
                 raise WrongAudience()
         else:
             raise InvalidClaim("aud")
@@ -522,7 +559,7 @@ class Verifier:
         exp = claims["exp"]
         if not _is_number(exp):
             raise InvalidClaim("exp")
-        if now - self.leeway >= exp:  # RFC 7519 section 4.1.4: valid only before exp
+        if now - self.expiry_leeway >= exp:  # RFC 7519 section 4.1.4: valid only before exp
             raise Expired()
         for name in ("nbf", "iat"):
             if name in claims:
@@ -543,6 +580,66 @@ class Verifier:
         if not isinstance(scope, str):
             raise InvalidClaim("scope")
         return frozenset(scope.split())
+
+
+class Verifier(AccessTokenVerifier):
+    """Verifies Tessera's RFC 9068 access tokens offline, against the issuer's published JWKS.
+
+    :param issuer: the exact ``iss`` Tessera puts in its tokens (its ``TESSERA_ISSUER``)
+    :param audience: this resource server's identifier (the ``resource``/``audience`` clients ask
+        tokens for); or several, any of which is accepted
+    :param algorithms: the JWS ``alg`` values to accept; public-key algorithms only
+    :param jwks_url: the JWKS URL; when None it is discovered from the issuer's RFC 8414 metadata
+    :param leeway: seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``
+    :param session: an aiohttp session for fetching the JWKS (left open on close); default: own one
+    :param required_claims: claims that must be present, besides ``iss``, ``aud`` and ``exp``
+        (always required); default: those RFC 9068 section 2.2 requires
+    :param max_token_bytes: longer tokens are refused before any parsing
+    :param cache_policy: JWKS cache timings (see :class:`keys.jwks_cache.CachePolicy`)
+    :param jwks_cache: a ready :class:`JWKSCache` to use instead (then ``jwks_url``, ``session`` and
+        ``cache_policy`` must not be given); its creator closes it
+    :param clock: wall-clock time in seconds since the epoch, for ``exp``/``nbf``/``iat``
+    """
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str | Collection[str],
+        algorithms: Collection[str] = ("ES256",),
+        jwks_url: str | None = None,
+        leeway: float = 30,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        required_claims: Collection[str] = RFC9068_REQUIRED_CLAIMS,
+        max_token_bytes: int = _DEFAULT_MAX_TOKEN_BYTES,
+        cache_policy: CachePolicy | None = None,
+        jwks_cache: JWKSCache | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if audience is None:  # the core's "any audience" is not for resource servers
+            raise ValueError("audience must be a non-empty string, or a collection of them")
+        owns_jwks = jwks_cache is None
+        if jwks_cache is None:
+            jwks_cache = JWKSCache(jwks_url, issuer=_checked_issuer(issuer), session=session, policy=cache_policy)
+        elif jwks_url is not None or session is not None or cache_policy is not None:
+            raise ValueError("give jwks_cache, or jwks_url/session/cache_policy, not both")
+        super().__init__(
+            jwks_cache,
+            issuer=issuer,
+            audience=audience,
+            algorithms=algorithms,
+            leeway=leeway,
+            required_claims=required_claims,
+            max_token_bytes=max_token_bytes,
+            clock=clock,
+        )
+        self._jwks = jwks_cache
+        self._owns_jwks = owns_jwks
+
+    @property
+    def jwks(self) -> JWKSCache:
+        """The key set cache (for its ``jwks_url``, ``kids`` and ``fetch_count``)."""
+        return self._jwks
 
     async def prefetch(self) -> None:
         """Fetch the key set now, e.g. at start-up, so the first request does not wait for it.

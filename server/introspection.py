@@ -13,16 +13,13 @@ Everything else, whether unknown, expired, revoked, forged or someone else's, is
 
 from __future__ import annotations
 
+import json
 import uuid
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from joserfc import jwt
-from joserfc.errors import JoseError, SecurityWarning
-from joserfc.jwk import KeySet
-
 from keys.keyring import Keyring, Snapshot
+from keys.verifier import RFC9068_REQUIRED_CLAIMS, AccessTokenVerifier, FixedKeySet, InvalidToken
 from server.errors import InvalidClient
 from server.refresh import RefreshFamilies, parse_refresh_token
 from server.store import Client
@@ -33,50 +30,45 @@ NBF_LEEWAY = 30
 
 
 class AccessTokenReader:
-    """Checks an access token the way a resource server would: signature against the published
-    keys (active, next and retired), ``typ``, ``iss``, ``exp`` and ``nbf``, with this server's clock."""
+    """Checks an access token the way a resource server would, with the same core as
+    :class:`keys.Verifier`, fed from this process's keyring instead of an HTTP JWKS cache: the keys
+    this instance publishes (next, active, retired), ``typ``, ``iss``, ``exp`` by this server's
+    clock (no leeway: the issuer decides) and ``nbf``/``iat`` with ``NBF_LEEWAY``. ``aud`` is left to
+    the caller, which checks it against the client asking."""
 
     def __init__(self, keyring: Keyring, *, issuer: str, clock: Callable[[], float]) -> None:
         self._keyring = keyring
         self._issuer = issuer
         self._clock = clock
         self._snapshot: Snapshot | None = None
-        self._key_set = KeySet([])
-        self._algorithms: list[str] = []
+        self._verifier: AccessTokenVerifier | None = None
 
-    def _keys(self) -> KeySet:
+    def _current_verifier(self) -> AccessTokenVerifier:
         snapshot = self._keyring.snapshot
-        if snapshot is not self._snapshot:
-            published = [k for k in snapshot.keys if k.state in ("next", "active", "retired")]
-            self._key_set = KeySet.import_key_set({"keys": [k.public_jwk for k in published]})
-            self._algorithms = sorted({k.alg for k in published})
+        if self._verifier is None or snapshot is not self._snapshot:
+            published = FixedKeySet(json.loads(snapshot.jwks_body))  # exactly the JWKS this instance serves
+            self._verifier = AccessTokenVerifier(
+                published,
+                issuer=self._issuer,
+                audience=None,
+                algorithms=published.algorithms,
+                leeway=NBF_LEEWAY,
+                expiry_leeway=0,
+                required_claims=(*RFC9068_REQUIRED_CLAIMS, "nbf", "scope"),
+                clock=self._clock,
+            )
             self._snapshot = snapshot
-        return self._key_set
+        return self._verifier
 
-    def read(self, token: str) -> dict[str, Any] | None:
+    async def read(self, token: str) -> Mapping[str, Any] | None:
         """The claims of a valid, unexpired access token issued by this server, else None."""
-        key_set = self._keys()
         try:
-            with warnings.catch_warnings():
-                # joserfc flags "EdDSA" as deprecated by RFC 9864; the contract names it.
-                warnings.simplefilter("ignore", SecurityWarning)
-                decoded = jwt.decode(token, key_set, algorithms=self._algorithms)
-        except (JoseError, ValueError):
+            return await self._current_verifier().verify(token)
+        except InvalidToken:
             return None
-        claims = dict(decoded.claims)
-        now = self._clock()
-        if decoded.header.get("typ") != "at+jwt" or claims.get("iss") != self._issuer:
-            return None
-        if not all(isinstance(claims.get(name), str) for name in ("sub", "aud", "client_id", "scope")):
-            return None
-        if not all(isinstance(claims.get(name), int) for name in ("exp", "iat", "nbf")):
-            return None
-        if claims["exp"] <= now or claims["nbf"] > now + NBF_LEEWAY:
-            return None
-        return claims
 
 
-def session_of(claims: dict[str, Any]) -> uuid.UUID | None:
+def session_of(claims: Mapping[str, Any]) -> uuid.UUID | None:
     """The refresh-token family an access token came from (its ``sid``), if any."""
     sid = claims.get("sid")
     if not isinstance(sid, str):
@@ -111,7 +103,7 @@ class Introspection:
                 "iat": int(family.last_rotated_at.timestamp()),
                 "token_type": "refresh_token",
             }
-        claims = self._reader.read(token)
+        claims = await self._reader.read(token)
         if claims is None:
             return INACTIVE
         if claims["client_id"] != client.client_id and claims["aud"] not in client.audiences:

@@ -29,7 +29,7 @@ class Revocation:
         if refresh is not None:
             await self._families.revoke(refresh, client.client_id)
             return
-        claims = self._reader.read(token)
+        claims = await self._reader.read(token)
         if claims is None or claims["client_id"] != client.client_id:
             return
         session = session_of(claims)

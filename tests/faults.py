@@ -1,5 +1,6 @@
-"""Fault injection for the tests: a PostgreSQL that can be stopped and started, and a TCP proxy
-that can turn into a black hole (accepts connections, never answers)."""
+"""Fault injection for the tests: a PostgreSQL that can be stopped and started, and a TCP proxy in
+front of one that shows what a client sent and can turn into a black hole (accepts connections,
+never answers)."""
 
 from __future__ import annotations
 
@@ -59,11 +60,14 @@ class StoppablePostgres:
 
 
 class TcpProxy:
-    """Relays 127.0.0.1:port to a PostgreSQL (TCP or Unix socket) until told to ``blackhole``.
+    """Relays 127.0.0.1:port to a PostgreSQL (TCP or Unix socket) until told to ``blackhole``;
+    ``async with TcpProxy(url) as proxy`` starts and closes it.
 
-    In black-hole mode new connections are accepted and never answered, and connections already
-    open stop relaying for good (bytes are swallowed both ways): a database that accepts
-    connections but does not answer. ``forward`` relays new connections again.
+    ``first_bytes`` keeps each relayed connection's first eight bytes: what the driver opened with
+    (a TLS request or the startup message). In black-hole mode new connections are accepted and
+    never answered, and connections already open stop relaying for good (bytes are swallowed both
+    ways): a database that accepts connections but does not answer. ``forward`` relays new
+    connections again.
     """
 
     def __init__(self, database_url: str) -> None:
@@ -72,7 +76,9 @@ class TcpProxy:
         self._unix_path = f"{socket_dir}/.s.PGSQL.{parts.port or 5432}" if socket_dir else None
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 5432)
         self._parts = parts
+        self.database = parts.path.lstrip("/")
         self.blackholed = False
+        self.first_bytes: list[bytes] = []
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -88,6 +94,13 @@ class TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
+    async def __aenter__(self) -> TcpProxy:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     def blackhole(self) -> None:
         self.blackholed = True
 
@@ -96,14 +109,21 @@ class TcpProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        try:
+            first = await reader.readexactly(8)  # PostgreSQL clients speak first
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
         if self.blackholed:
             await self._swallow(reader)
             return
+        self.first_bytes.append(first)
         if self._unix_path:
             up_reader, up_writer = await asyncio.open_unix_connection(self._unix_path)
         else:
             up_reader, up_writer = await asyncio.open_connection(*self._upstream)
         self._writers.add(up_writer)
+        up_writer.write(first)
         for source, sink in ((reader, up_writer), (up_reader, writer)):
             task = asyncio.create_task(self._relay(source, sink))
             self._tasks.add(task)

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -28,6 +24,7 @@ from server.app import create_app
 from server.key_scheduler import key_lifecycle
 from server.settings import decode_kek, load_settings
 from server.store import PgKeyStore
+from tests.processes import Process, Processes, free_port
 
 T = TypeVar("T")
 
@@ -91,33 +88,8 @@ async def jwks_of(http: TestClient[Any, Any] | aiohttp.ClientSession, base: str 
 # --- real `tessera serve` processes ------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def process_env(env: dict[str, str], **extra: str) -> dict[str, str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-    full.update(env)
-    full.update(extra)
-    return full
-
-
 def server_logs(log_dir: Path) -> str:
-    return "\n".join(path.read_text(errors="replace") for path in sorted(log_dir.glob("server-*.log")))
-
-
-def _spawn(env: dict[str, str], log_path: Path, issuer: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
-            env={**env, "TESSERA_ISSUER": issuer},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return process, f"http://127.0.0.1:{port}"
+    return "\n".join(path.read_text(errors="replace") for path in sorted(log_dir.glob("server-*.stderr")))
 
 
 @contextlib.asynccontextmanager
@@ -128,16 +100,18 @@ async def server_processes(env: dict[str, str], log_dir: Path, count: int, **ext
     Each gets an issuer of its own, so that readiness is checked on this very process and not on
     some other server that took the port first (the port is free when picked, not when bound; a
     process that lost that race is started again on another port)."""
-    full_env = process_env(env, **extra)
-    processes: list[subprocess.Popen[bytes]] = []
+    started = Processes(log_dir)
     urls: list[str] = []
     try:
         async with aiohttp.ClientSession() as session:
             for index in range(count):
                 issuer = f"https://tessera.test/instance-{index}-{secrets.token_hex(4)}"
-                for _attempt in range(3):
-                    process, url = _spawn(full_env, log_dir / f"server-{index}.log", issuer)
-                    processes.append(process)
+                for attempt in range(3):
+                    port = free_port()
+                    process = started.serve(
+                        f"server-{index}-{attempt}", {**env, **extra, "TESSERA_ISSUER": issuer}, "--port", str(port)
+                    )
+                    url = f"http://127.0.0.1:{port}"
                     if await _ready(session, process, url, issuer):
                         break
                 else:
@@ -145,21 +119,14 @@ async def server_processes(env: dict[str, str], log_dir: Path, count: int, **ext
                 urls.append(url)
         yield urls
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        started.stop_all()
 
 
-async def _ready(session: aiohttp.ClientSession, process: subprocess.Popen[bytes], url: str, issuer: str) -> bool:
+async def _ready(session: aiohttp.ClientSession, process: Process, url: str, issuer: str) -> bool:
     """True once this process answers ready; False if it exited (for example: port taken)."""
 
     async def answered() -> str | None:
-        if process.poll() is not None:
+        if process.popen.poll() is not None:
             return "exited"
         try:
             async with session.get(f"{url}/.well-known/oauth-authorization-server") as metadata:

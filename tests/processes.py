@@ -1,8 +1,10 @@
 """Real processes for the operational tests: ``tessera serve``, the CLI, nginx.
 
-Every process is started through the ``processes`` fixture, which stops whatever is still running
-when the test ends (SIGTERM, then SIGKILL), pass or fail. Output goes to files under the test's
-temporary directory so that a test can read the logs afterwards.
+Every process is started through :class:`Processes`: in a test, the ``processes`` fixture, which
+stops whatever is still running when the test ends (SIGTERM, then SIGKILL), pass or fail; outside
+one (a module-scoped fixture, a bench script), :func:`tessera_serve`, which does the same around a
+``with`` block. Output goes to files in a directory of the caller's so that it can read the logs
+afterwards.
 """
 
 from __future__ import annotations
@@ -141,7 +143,24 @@ async def wait_until_ready(url: str, process: Process | None = None, timeout: fl
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 pass
             await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} not ready within {timeout} s")
+    logs = f":\n{process.stderr()[-3000:]}" if process is not None else ""
+    raise AssertionError(f"{url} not ready within {timeout} s{logs}")
+
+
+@contextlib.contextmanager
+def tessera_serve(env: dict[str, str], directory: Path, *, ready_within: float = 30.0) -> Iterator[tuple[str, Process]]:
+    """`tessera serve` for callers outside a test's event loop: started with ``env`` (on its
+    TESSERA_PORT, or a free port), logging to ``directory``; yields its base URL and the process once
+    /readyz answers 200, and stops it however the block ends."""
+    started = Processes(directory)
+    try:
+        port = env.get("TESSERA_PORT") or str(free_port())
+        server = started.serve("tessera", {**env, "TESSERA_PORT": port})
+        base = f"http://127.0.0.1:{port}"
+        asyncio.run(wait_until_ready(f"{base}/readyz", server, timeout=ready_within))
+        yield base, server
+    finally:
+        started.stop_all()
 
 
 def parse_metrics(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -161,5 +180,5 @@ def sample(parsed: dict[tuple[str, frozenset[tuple[str, str]]], float], name: st
 
 __all__ = [
     "Process", "Processes", "clean_env", "cli", "free_port", "parse_metrics", "processes", "sample",
-    "wait_until_ready",
+    "tessera_serve", "wait_until_ready",
 ]

@@ -4,9 +4,6 @@ still served, and recovery by itself, without a restart (CONTRACT.md, Robustness
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,7 +18,7 @@ from server.settings import load_settings
 from server.store import ClientStore
 from tests.faults import StoppablePostgres, TcpProxy
 from tests.helpers import basic, post_token
-from tests.live_server import free_port
+from tests.processes import cli, free_port
 
 SECRET = "s3cret-s3cret-s3cret"
 CONTRACT_ANSWER_WITHIN = 10.0
@@ -85,12 +82,8 @@ async def _assert_recovers_by_itself(http: TestClient[Any, Any]) -> float:
 
 @pytest.fixture
 async def proxy(env: dict[str, str]) -> AsyncIterator[TcpProxy]:
-    relay = TcpProxy(env["TESSERA_DATABASE_URL"])
-    await relay.start()
-    try:
+    async with TcpProxy(env["TESSERA_DATABASE_URL"]) as relay:
         yield relay
-    finally:
-        await relay.close()
 
 
 async def test_a_database_that_accepts_connections_but_never_answers_gets_503_in_time_then_recovers(env, proxy):
@@ -145,16 +138,13 @@ async def test_startup_waits_for_a_database_that_comes_up_late(env, proxy):
 
 def test_serve_with_an_unreachable_database_stops_with_a_clear_line(env, tmp_path):
     closed_port = free_port()  # nothing listens there
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-    child_env.update(env)
-    child_env.update({
+    started = time.monotonic()
+    result = cli({
+        **env,
         "TESSERA_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed_port}/nowhere",
         "TESSERA_DB_STARTUP_WAIT": "1",
         "TESSERA_PORT": str(free_port()),
-    })
-    started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "server.cli", "serve"], env=child_env,
-                            capture_output=True, text=True, timeout=60)
+    }, "serve")
     assert result.returncode != 0
     assert time.monotonic() - started < 30
     assert "database unreachable; retrying" in result.stderr

@@ -5,14 +5,13 @@ in front of the test database shows what the driver did with it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
 from collections.abc import AsyncIterator
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from server.settings import SettingsError, load_settings
+from tests.faults import TcpProxy
 from tests.processes import cli, free_port
 
 KEK = "A" * 43
@@ -20,52 +19,9 @@ SSL_REQUEST = struct.pack("!ii", 8, 80877103)  # PostgreSQL protocol: "may we sp
 PROTOCOL_3 = 196608
 
 
-class Proxy:
-    """127.0.0.1:port -> the test database (TCP or Unix socket), remembering each connection's
-    first eight bytes."""
-
-    def __init__(self, database_url: str) -> None:
-        parts = urlsplit(database_url)
-        self.database = parts.path.lstrip("/")
-        socket_dir = parse_qs(parts.query).get("host", [None])[0]
-        self.target = ("unix", f"{socket_dir}/.s.PGSQL.{parts.port or 5432}") if socket_dir else ("tcp", parts.hostname, parts.port or 5432)
-        self.first_bytes: list[bytes] = []
-        self.port = 0
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            first = await reader.readexactly(8)
-        except asyncio.IncompleteReadError:
-            writer.close()
-            return
-        self.first_bytes.append(first)
-        if self.target[0] == "unix":
-            up_reader, up_writer = await asyncio.open_unix_connection(self.target[1])
-        else:
-            up_reader, up_writer = await asyncio.open_connection(self.target[1], self.target[2])
-        up_writer.write(first)
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[Proxy]:
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        try:
-            yield self
-        finally:
-            server.close()
-
-
 @pytest.fixture
-async def proxy(clean_database: str) -> AsyncIterator[Proxy]:
-    async with Proxy(clean_database).running() as running:
+async def proxy(clean_database: str) -> AsyncIterator[TcpProxy]:
+    async with TcpProxy(clean_database) as running:
         yield running
 
 

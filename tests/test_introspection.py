@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 
 import pytest
-from joserfc import jwt
-from joserfc.jwk import ECKey
+from joserfc import jws, jwt
+from joserfc.jwk import ECKey, import_key
 
+from keys import kek as kek_box
+from keys.signer import b64url
+from server.settings import decode_kek
 from tests.helpers import basic, decode_segment, post_token
 from tests.sessions import APP_GRANTS, PASSWORD, SECRET, call, login, refresh, server_with
 
@@ -124,6 +129,45 @@ async def test_forged_foreign_and_malformed_tokens_are_exactly_inactive(client, 
     ]
     for candidate in candidates:
         assert await call(client, "/introspect", candidate) == (200, INACTIVE), candidate
+
+
+async def test_tokens_signed_with_this_servers_key_but_not_as_it_issues_them_are_inactive(
+    client, env, db_conn, app_and_alice
+):
+    """The attacks keys.Verifier refuses, made here with the server's own active private key, so that
+    only the check under attack can refuse them."""
+    row = await db_conn.fetchrow("SELECT kid, alg, private_sealed FROM signing_keys WHERE state = 'active'")
+    kek = decode_kek(env["TESSERA_KEY_ENCRYPTION_KEY"], "kek")
+    private = import_key(json.loads(kek_box.unseal(kek, bytes(row["private_sealed"]), row["kid"].encode())))
+    public_jwk = json.dumps(private.as_dict(private=False)).encode()
+    kid, alg = row["kid"], row["alg"]
+    claims = decode_segment((await login(client))["access_token"].split(".")[1])
+
+    def signed(header: dict[str, str] | None = None, **changes: object) -> str:
+        return jws.serialize_compact(
+            {"typ": "at+jwt", "alg": alg, "kid": kid, **(header or {})}, json.dumps({**claims, **changes}), private
+        )
+
+    def unsigned(alg: str, mac_key: bytes | None = None) -> str:
+        header = b64url(json.dumps({"typ": "at+jwt", "alg": alg, "kid": kid}).encode())
+        signing_input = header + b"." + b64url(json.dumps(claims).encode())
+        mac = b"" if mac_key is None else b64url(hmac.new(mac_key, signing_input, hashlib.sha256).digest())
+        return (signing_input + b"." + mac).decode()
+
+    assert (await call(client, "/introspect", signed()))[1]["active"] is True
+    assert (await call(client, "/introspect", signed(nbf=claims["iat"] + 30)))[1]["active"] is True  # NBF leeway
+    head, _, signature = signed().split(".")
+    attacks = {
+        "alg none": unsigned("none"),
+        "HS256 keyed with the public key": unsigned("HS256", mac_key=public_jwk),
+        "tampered payload": ".".join([head, signed(scope="read write admin").split(".")[1], signature]),
+        "unknown kid": signed({"kid": "not-" + kid}),
+        "wrong typ": signed({"typ": "JWT"}),
+        "expired (no leeway on exp)": signed(exp=claims["iat"]),
+        "not yet valid": signed(nbf=claims["iat"] + 31),
+    }
+    for attack, token in attacks.items():
+        assert await call(client, "/introspect", token) == (200, INACTIVE), attack
 
 
 async def test_introspection_verifies_eddsa_tokens(env, clock, admin, app_and_alice):

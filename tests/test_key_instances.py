@@ -11,7 +11,8 @@ from joserfc.errors import InvalidKeyIdError
 
 from server.store.keys import KEYS_LOCK_ID
 from tests.helpers import basic, verify_with_joserfc
-from tests.key_helpers import eventually, jwks_of, lifecycle_on, process_env, server_processes
+from tests.key_helpers import eventually, jwks_of, lifecycle_on, server_processes
+from tests.processes import clean_env
 from tests.test_cli import tessera
 
 # A next key may sign 2 s after it is published (max-age 1 s + reload 0.5 s, rounded up).
@@ -81,7 +82,7 @@ async def test_concurrent_rotate_commands_from_several_processes_make_exactly_on
     # Hold the key lock so that every command is waiting at the same point, then let them race.
     await db_conn.execute("SELECT pg_advisory_lock($1)", KEYS_LOCK_ID)
     processes = [
-        subprocess.Popen([sys.executable, "-m", "server.cli", "keys", "rotate"], env=process_env(env, **settings),
+        subprocess.Popen([sys.executable, "-m", "server.cli", "keys", "rotate"], env=clean_env({**env, **settings}),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(6)
     ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from server.settings import load_settings
 from server.store import ClientStore, UserStore
 from tests.conftest import FAST_ARGON2, TABLES_KEPT
 from tests.helpers import basic
-from tests.live_server import free_port, tessera_serve
+from tests.processes import tessera_serve
 
 DOCUMENT = Path(__file__).parent.parent / "server" / "openapi.json"
 SECRET = "s3cret-s3cret-s3cret"
@@ -78,23 +77,19 @@ async def _prepare(database_url: str) -> None:
 def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`tessera serve` as an operator runs it, on 127.0.0.1, stopped when the module is done."""
     asyncio.run(_prepare(database_url))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-    env.update(FAST_ARGON2)
-    env.update({
+    env = {
+        **FAST_ARGON2,
         "TESSERA_DATABASE_URL": database_url,
         "TESSERA_KEY_ENCRYPTION_KEY": "A" * 43,
         "TESSERA_DATA_DIR": str(tmp_path_factory.mktemp("live")),
-        "TESSERA_PORT": str(port),
         # Generated requests fail often; throttling them is tested elsewhere.
         "TESSERA_LOGIN_MAX_FAILURES": "1000000",
         "TESSERA_LOGIN_MAX_FAILURES_PER_ADDRESS": "0",
-    })
-    log_path = tmp_path_factory.mktemp("live-log") / "stderr.log"
-    with tessera_serve(env, log_path) as base:
+    }
+    with tessera_serve(env, tmp_path_factory.mktemp("live-log")) as (base, server):
         yield base
     # No traceback may ever reach a log line from anything schemathesis sent.
-    errors = log_path.read_text()
+    errors = server.stderr()
     assert "Traceback" not in errors and '"level":"error"' not in errors, errors[-3000:]
 
 

@@ -5,13 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
-import time
 from datetime import UTC, datetime
 
 import aiohttp
@@ -20,6 +14,7 @@ import pytest
 from server.refresh import MAX_CHAIN_WALK, SECRET_NAME, RefreshChain, RefreshToken, parse_refresh_token
 from server.store.secrets import server_secret
 from tests.helpers import basic
+from tests.processes import Processes, free_port, wait_until_ready
 from tests.sessions import (
     APP_GRANTS,
     PASSWORD,
@@ -227,89 +222,39 @@ async def test_with_a_grace_30_concurrent_refreshes_all_carry_the_same_refresh_t
 # --- the same race across two server processes on one database ------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+async def _race_two_processes(env, processes: Processes, grace: str) -> tuple[list[tuple[int, dict]], int]:
+    ports = [free_port(), free_port()]
+    for index, port in enumerate(ports):
+        settings = {"TESSERA_REFRESH_REUSE_GRACE": grace, "TESSERA_HOST": "127.0.0.1", "TESSERA_PORT": str(port)}
+        server = processes.serve(f"serve-{index}", {**env, **settings})
+        await wait_until_ready(f"http://127.0.0.1:{port}/readyz", server)
+    async with aiohttp.ClientSession() as session:
+        urls = [f"http://127.0.0.1:{port}/token" for port in ports]
+        auth = basic("app", SECRET)
+        form = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+        async with session.post(urls[0], data=form, headers=auth) as response:
+            token = (await response.json())["refresh_token"]
 
+        async def one(url: str) -> tuple[int, dict]:
+            data = {"grant_type": "refresh_token", "refresh_token": token}
+            async with session.post(url, data=data, headers=auth) as response:
+                return response.status, await response.json()
 
-async def _start_servers(env: dict[str, str], count: int, log_dir, **settings: str) -> list[tuple[subprocess.Popen, int]]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-    servers = []
-    for index in range(count):
-        port = _free_port()
-        log = open(log_dir / f"serve-{index}.log", "wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve"],
-            env={**base, **env, **settings, "TESSERA_PORT": str(port), "TESSERA_HOST": "127.0.0.1"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        servers.append((process, port))
-    return servers
-
-
-async def _wait_ready(session: aiohttp.ClientSession, servers, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    for process, port in servers:
-        while True:
-            assert process.poll() is None, f"tessera serve exited with {process.returncode}"
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            assert time.monotonic() < deadline, "tessera serve did not become ready"
-            await asyncio.sleep(0.1)
-
-
-def _stop(servers) -> None:
-    for process, _ in servers:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process, _ in servers:
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-async def _race_two_processes(env, tmp_path, grace: str) -> tuple[list[tuple[int, dict]], int]:
-    servers = await _start_servers(env, 2, tmp_path, TESSERA_REFRESH_REUSE_GRACE=grace)
-    try:
-        async with aiohttp.ClientSession() as session:
-            await _wait_ready(session, servers)
-            urls = [f"http://127.0.0.1:{port}/token" for _, port in servers]
-            auth = basic("app", SECRET)
-            form = {"grant_type": "password", "username": "alice", "password": PASSWORD}
-            async with session.post(urls[0], data=form, headers=auth) as response:
-                token = (await response.json())["refresh_token"]
-
-            async def one(url: str) -> tuple[int, dict]:
-                data = {"grant_type": "refresh_token", "refresh_token": token}
-                async with session.post(url, data=data, headers=auth) as response:
-                    return response.status, await response.json()
-
-            answers = await asyncio.gather(*(one(urls[i % 2]) for i in range(30)))
-            return answers, family_id_of(token)
-    finally:
-        _stop(servers)
+        answers = await asyncio.gather(*(one(urls[i % 2]) for i in range(30)))
+        return answers, family_id_of(token)
 
 
 async def test_of_30_concurrent_refreshes_spread_over_two_server_processes_exactly_one_succeeds(
-    env, app_and_alice, db_conn, tmp_path
+    env, app_and_alice, db_conn, processes
 ):
-    answers, family_id = await _race_two_processes(env, tmp_path, grace="0")
+    answers, family_id = await _race_two_processes(env, processes, grace="0")
     assert sorted(status for status, _ in answers) == [200] + [400] * 29
     row = await db_conn.fetchrow("SELECT generation, revoked_reason FROM refresh_families WHERE family_id = $1", family_id)
     assert (row["generation"], row["revoked_reason"]) == (1, "refresh_reuse")
 
 
-async def test_with_a_grace_two_server_processes_hand_out_one_successor(env, app_and_alice, db_conn, tmp_path):
-    answers, family_id = await _race_two_processes(env, tmp_path, grace="60")
+async def test_with_a_grace_two_server_processes_hand_out_one_successor(env, app_and_alice, db_conn, processes):
+    answers, family_id = await _race_two_processes(env, processes, grace="60")
     assert [status for status, _ in answers] == [200] * 30
     assert len({body["refresh_token"] for _, body in answers}) == 1
     row = await db_conn.fetchrow("SELECT generation, revoked_at FROM refresh_families WHERE family_id = $1", family_id)

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import pytest
 from aiohttp import web
 from joserfc import jws
 from joserfc.errors import SecurityWarning
@@ -246,6 +247,13 @@ async def running_issuer(*algorithms: str, **options: Any) -> AsyncIterator[Loca
         yield issuer
     finally:
         await issuer.stop()
+
+
+@pytest.fixture
+async def issuer() -> AsyncIterator[LocalIssuer]:
+    """A running LocalIssuer with one active key for each of ALL_ALGORITHMS."""
+    async with running_issuer(*ALL_ALGORITHMS) as running:
+        yield running
 
 
 class ManualClock:
