@@ -1,26 +1,27 @@
 """JWS compact serialization (RFC 7515 section 7.1) of access tokens, signed with ``cryptography``.
 
 The header of a key never changes, so its encoded form is made once; a signature is then one
-JSON encoding, two base64url encodings and the primitive. joserfc checks every token this produces
+JSON encoding (``keys.compact_json``), two base64url encodings and the primitive. joserfc checks every token this produces
 in the test suite, as any JOSE library would.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from keys import compact_json
+
 
 def b64url(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+_dumps = compact_json.dumps
 
 
 class Signer:
@@ -40,12 +41,12 @@ class Signer:
     def _primitive(alg: str, key: Any) -> Any:
         if alg in ("ES256", "ES384"):
             assert isinstance(key, ec.EllipticCurvePrivateKey)
-            digest: hashes.HashAlgorithm = hashes.SHA256() if alg == "ES256" else hashes.SHA384()
+            ecdsa = ec.ECDSA(hashes.SHA256() if alg == "ES256" else hashes.SHA384())
             size = (key.curve.key_size + 7) // 8
 
             def sign_ec(data: bytes) -> bytes:
                 # RFC 7518 section 3.4: the signature is R || S, each left-padded to the curve size.
-                r, s = decode_dss_signature(key.sign(data, ec.ECDSA(digest)))
+                r, s = decode_dss_signature(key.sign(data, ecdsa))
                 return r.to_bytes(size, "big") + s.to_bytes(size, "big")
 
             return sign_ec

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import re
 import secrets
@@ -19,6 +18,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from aiohttp import web, web_response
 
+from keys import compact_json
 from server.errors import MethodNotAllowed, NotFound, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
 from server.logs import fast_line_handler
 from server.metrics import METRICS
@@ -86,31 +86,12 @@ def _endpoint(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-_compact_json = json.JSONEncoder(separators=(",", ":")).encode
-_quote = json.encoder.encode_basestring_ascii
-
-
-def encode_json(body: object) -> str:
-    """``json.dumps(body, separators=(",", ":"))``, made directly for a flat object of strings and
-    integers (every token answer and error): the encoder's per-call setup was a twentieth of a
-    token request."""
-    if type(body) is dict:
-        parts = []
-        for key, value in body.items():
-            kind = type(value)
-            if type(key) is not str or (kind is not str and kind is not int):
-                return _compact_json(body)
-            parts.append(f"{_quote(key)}:{_quote(value) if kind is str else int.__repr__(value)}")
-        return "{" + ",".join(parts) + "}"
-    return _compact_json(body)
-
-
 def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     merged = dict(NO_STORE)
     if headers:
         merged.update(headers)
     return web.Response(
-        body=encode_json(body).encode(),
+        body=compact_json.dumps(body).encode(),
         status=status,
         content_type="application/json",
         headers=merged,

@@ -1,4 +1,4 @@
-"""Answers' JSON: the direct encoding of flat objects is exactly what json.dumps makes."""
+"""Compact JSON (answers, JWT claims): the direct encoding of flat objects is exactly what json.dumps makes."""
 
 from __future__ import annotations
 
@@ -14,6 +14,6 @@ import pytest
     {"big": 2**70, "neg": -3, "bool": True},
 ])
 def test_answers_are_encoded_as_json_dumps_would(body):
-    from server.middleware import encode_json
+    from keys.compact_json import dumps
 
-    assert encode_json(body) == json.dumps(body, separators=(",", ":"))
+    assert dumps(body) == json.dumps(body, separators=(",", ":"))
