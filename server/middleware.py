@@ -159,20 +159,15 @@ async def error_middleware(
     method = request.method if request.method in _METHODS else "other"
     series.request_done(_endpoint(request), method, response.status, seconds, str(code) if code else None)
     response.headers["X-Request-Id"] = request_id
-    line = {
-        "request_id": request_id,
-        "method": request.method,
-        "path": request.path[:_LOGGED_PATH_MAX],
-        "status": response.status,
-        "duration_ms": round(seconds * 1000, 2),
-        "remote": request.remote,
-        **fields,
-    }
+    path, duration_ms = request.path[:_LOGGED_PATH_MAX], round(seconds * 1000, 2)
     handler = fast_line_handler(log)
     if handler is not None:
-        handler.write_line("info", log.name, "request", line)
+        handler.write_request(log.name, request_id, request.method, path, response.status, duration_ms, request.remote, fields)
     else:
-        log.info("request", extra=line)
+        log.info("request", extra={
+            "request_id": request_id, "method": request.method, "path": path, "status": response.status,
+            "duration_ms": duration_ms, "remote": request.remote, **fields,
+        })
     return response
 
 

@@ -122,16 +122,18 @@ def test_the_request_line_shortcut_writes_what_the_formatter_would():
 
     from server.logs import JsonFormatter, JsonLineHandler
 
-    fields = {"request_id": "r1", "method": "GET", "path": "/x/eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzdmMifQ.c2ln",
-              "status": 200, "duration_ms": 1.5, "remote": "127.0.0.1", "client_id": "svc"}
-    stream = io.StringIO()
-    JsonLineHandler(stream).write_line("info", "tessera.http", "request", fields)
-    record = logging.LogRecord("tessera.http", logging.INFO, __file__, 1, "request", None, None)
-    record.__dict__.update(fields)
-    shortcut, formatted = json.loads(stream.getvalue()), json.loads(JsonFormatter().format(record))
-    assert stream.getvalue().count("\n") == 1
-    assert {k: v for k, v in shortcut.items() if k != "ts"} == {k: v for k, v in formatted.items() if k != "ts"}
-    assert "[redacted]" in shortcut["path"]
+    for remote, extra in (("127.0.0.1", {"client_id": "svc", "grant_type": "password"}), (None, {})):
+        fields = {"request_id": "r1", "method": "GET", "path": '/x/"\u00e9/eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzdmMifQ.c2ln',
+                  "status": 200, "duration_ms": 1.5, "remote": remote, **extra}
+        stream = io.StringIO()
+        JsonLineHandler(stream).write_request("tessera.http", *list(fields.values())[:6], extra)
+        record = logging.LogRecord("tessera.http", logging.INFO, __file__, 1, "request", None, None)
+        record.__dict__.update(fields)
+        shortcut, formatted = json.loads(stream.getvalue()), json.loads(JsonFormatter().format(record))
+        assert stream.getvalue().count("\n") == 1
+        assert {k: v for k, v in shortcut.items() if k != "ts"} == {k: v for k, v in formatted.items() if k != "ts"}
+        assert list(shortcut) == list(formatted)
+        assert "[redacted]" in shortcut["path"]
 
 
 async def test_request_lines_of_one_turn_of_the_loop_go_in_one_write_and_keep_their_order():
@@ -152,11 +154,11 @@ async def test_request_lines_of_one_turn_of_the_loop_go_in_one_write_and_keep_th
     handler = JsonLineHandler(stream)
     handler.setFormatter(JsonFormatter())
     for n in range(20):
-        handler.write_line("info", "tessera.http", "request", {"n": n, "path": 'a "quoted" \\ path \u00e9', "x": None})
+        handler.write_request("tessera.http", "r", "GET", 'a "quoted" \\ path \u00e9', 200, 0.5, None, {"n": n, "x": None})
     assert stream.writes == 0  # not yet: at the end of this turn of the loop
     await asyncio.sleep(0)
     assert stream.writes == 1
-    handler.write_line("info", "tessera.http", "request", {"n": 20})
+    handler.write_request("tessera.http", "r", "GET", "/", 200, 0.5, None, {"n": 20})
     # Any other record first writes the pending lines, so the order on stderr is the order of events.
     handler.handle(logging.LogRecord("tessera", logging.WARNING, __file__, 1, "after", None, None))
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
