@@ -35,6 +35,9 @@ ROOT = HERE.parent
 BIN = Path(sys.executable).parent
 CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-secret-7c1f0e2b9d4a4e58a3b6"
 USERNAME, PASSWORD = "bench-user", "bench-password-correct-horse"
+# Password logins: distinct users taken in turn, at a concurrency the argon2 queue holds (each
+# worker has TESSERA_ARGON2_QUEUE = 16 places; past that a login is a quick 503).
+LOGIN_USERS, LOGIN_CONNS = 64, 8
 AUDIENCE = "https://api.example.com"
 AUTH = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
 
@@ -139,6 +142,31 @@ def signing_limits(seconds: float) -> dict[str, float]:
     return {"raw_es256_sign_per_s": raw, "tessera_signer_per_s": ours}
 
 
+def add_login_users(env: dict[str, str], count: int) -> None:
+    """Users ``bench-user-0`` .. ``count - 1`` with the bench user's password hash, put in with SQL
+    (through the CLI, each would cost a process start and an argon2 hash)."""
+    import asyncio
+
+    import asyncpg
+
+    from server import db
+    from server.settings import load_settings
+
+    async def copy(dsn: str) -> None:
+        connection = await asyncpg.connect(dsn)
+        try:
+            await connection.execute(
+                "INSERT INTO users (username, password_hash) SELECT $1 || '-' || n, password_hash"
+                " FROM users, generate_series(0, $2 - 1) AS n WHERE username = $1",
+                USERNAME, count,
+            )
+        finally:
+            await connection.close()
+
+    with db.open_database(load_settings(env)) as database:
+        asyncio.run(copy(database.dsn))
+
+
 def argon2_limit() -> dict[str, float]:
     from server.passwords import SecretHasher
     from server.settings import load_settings
@@ -208,6 +236,7 @@ def run_tessera(mode: str, endpoints: list[str], args: argparse.Namespace, work:
         cli(env, "clients", "create", CLIENT_ID, "--grant-types", "client_credentials,password", "--scopes",
             "api.read api.write", "--audiences", AUDIENCE, "--secret-stdin", stdin=CLIENT_SECRET)
     cli(env, "users", "create", USERNAME, "--password-stdin", stdin=PASSWORD)
+    add_login_users(env, LOGIN_USERS)
     server = Server(pinned(server_cpu) + [str(BIN / "tessera"), "serve"], env, work / f"tessera-{mode}.log")
     results: dict[str, dict[str, Any]] = {}
     try:
@@ -220,7 +249,15 @@ def run_tessera(mode: str, endpoints: list[str], args: argparse.Namespace, work:
             if endpoint == "cc":
                 spec = ("/token", "form.lua", {"BODY": cc_body, "AUTH": AUTH})
             elif endpoint == "password":
-                spec = ("/token", "form.lua", {"BODY": urllib.parse.urlencode(login), "AUTH": AUTH})
+                bodies = work / f"logins-{mode}.txt"
+                bodies.write_text("".join(
+                    urllib.parse.urlencode({**login, "username": f"{USERNAME}-{n}"}) + "\n" for n in range(LOGIN_USERS)
+                ))
+                for seconds in (args.warmup, args.duration):
+                    result = wrk(base + "/token", "form_cycle.lua", seconds, LOGIN_CONNS, wrk_cpu, threads,
+                                 {"BODIES_FILE": str(bodies), "AUTH": AUTH})
+                results[endpoint] = result
+                continue
             elif endpoint == "jwks":
                 spec = ("/.well-known/jwks.json", "get.lua", {})
             elif endpoint == "introspect":
