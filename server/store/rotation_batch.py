@@ -129,13 +129,18 @@ class RotationBatcher:
             # its own waits only for its own lock, as a rotation always did.
             await asyncio.gather(*(self._one(rotation) for rotation in batch))
             return
-        except BaseException as exc:
+        except Exception as exc:
+            # The database is unreachable, the statement timed out, ...: every request of the batch
+            # gets the error (a 503), as each would have alone. If the connection was lost after a
+            # commit, a client's retry within the grace gets the successor it missed.
             for rotation in batch:
                 if not rotation.done.done():
                     rotation.done.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
             return
+        except BaseException:
+            for rotation in batch:
+                rotation.done.cancel()
+            raise
         for rotation in batch:
             if not rotation.done.done():
                 rotation.done.set_result(rows.get(rotation.family_id))
