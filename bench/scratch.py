@@ -180,16 +180,26 @@ async def fill_families(dsn: str, total: int, state: FamilyState = live) -> None
         await connection.close()
 
 
+async def server_settings(connection: asyncpg.Connection) -> dict[str, Any]:
+    """The settings that decide what a write costs, for the report."""
+    row = await connection.fetchrow(
+        "SELECT current_setting('server_version') AS version, current_setting('fsync') AS fsync,"
+        " current_setting('synchronous_commit') AS synchronous_commit,"
+        " current_setting('shared_buffers') AS shared_buffers,"
+        " current_setting('full_page_writes') AS full_page_writes, current_setting('max_wal_size') AS max_wal_size"
+    )
+    assert row is not None
+    return dict(row)
+
+
 async def table_facts(dsn: str) -> dict[str, Any]:
     connection = await asyncpg.connect(dsn)
     try:
         row = await connection.fetchrow(
-            "SELECT count(*) AS families, pg_total_relation_size('refresh_families') AS bytes,"
-            " current_setting('fsync') AS fsync, current_setting('synchronous_commit') AS synchronous_commit,"
-            " current_setting('server_version') AS version FROM refresh_families"
+            "SELECT count(*) AS families, pg_total_relation_size('refresh_families') AS bytes FROM refresh_families"
         )
         assert row is not None
-        return dict(row)
+        return {**dict(row), **await server_settings(connection)}
     finally:
         await connection.close()
 
