@@ -83,7 +83,7 @@ class TimedPool:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self.statements: list[tuple[str, float, Any]] = []
+        self.statements: list[tuple[str, float, float, Any]] = []  # (query, started, seconds, value)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)
@@ -91,7 +91,7 @@ class TimedPool:
     async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         value = await self._pool.fetchval(query, *args, **kwargs)
-        self.statements.append((query, time.perf_counter() - started, value))
+        self.statements.append((query, started, time.perf_counter() - started, value))
         return value
 
 
@@ -134,7 +134,9 @@ async def gc_pass(dsn: str, pause: float, heap_pages: int) -> dict[str, Any]:
         wal = float(await pool.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)", wal_before))
     finally:
         await pool.close()
-    sweeps = sorted(1000 * s for query, s, _ in timed.statements if "DELETE FROM refresh_families" in query)
+    sweeps = [(at - started, 1000 * s) for query, at, s, _ in timed.statements if "DELETE FROM refresh_families" in query]
+    slowest = sorted(sweeps, key=lambda sweep: sweep[1])[-3:]
+    latencies = sorted(ms for _, ms in sweeps)
     deleted = collected.families
     return {
         "wall_clock": [round(wall_clock, 1), round(wall_clock + seconds, 1)],  # to match with other load
@@ -142,16 +144,17 @@ async def gc_pass(dsn: str, pause: float, heap_pages: int) -> dict[str, Any]:
         "families_deleted": deleted,
         "security_events_deleted": collected.security_events,
         "seconds": round(seconds, 3),
-        "statement_seconds": round(sum(sweeps) / 1000, 3),
+        "statement_seconds": round(sum(latencies) / 1000, 3),
         "families_per_s": round(deleted / seconds),
         "heap_pages": heap_pages,
         "pages_per_s": round(heap_pages / seconds),
         "heap_mib_per_s": round(heap_pages * 8192 / MIB / seconds, 1),
-        "statements": len(sweeps),
+        "statements": len(latencies),
         "pages_per_statement": GC_PAGES_PER_STATEMENT,
-        "statement_p50_ms": round(percentile(sweeps, 0.50), 2),
-        "statement_p99_ms": round(percentile(sweeps, 0.99), 2),
-        "statement_max_ms": round(sweeps[-1], 2),
+        "statement_p50_ms": round(percentile(latencies, 0.50), 2),
+        "statement_p99_ms": round(percentile(latencies, 0.99), 2),
+        "statement_max_ms": round(latencies[-1], 2),
+        "slowest_statements": [{"at_s": round(at, 2), "ms": round(ms, 1)} for at, ms in reversed(slowest)],
         "wal_bytes": round(wal),
         "wal_bytes_per_family": round(wal / max(1, deleted)),
     }
@@ -185,6 +188,7 @@ async def alone(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
         vacuum_seconds = time.perf_counter() - started
         after_vacuum = await sizes(connection)
         deleted = result["families_deleted"]
+        refill = deleted if args.refill else 0
         started = time.perf_counter()
         # New logins, as the server INSERTs them (one row each; the free space map picks the page).
         await connection.execute(
@@ -194,14 +198,14 @@ async def alone(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
             " 0, sha256(int8send(g)), now(), now() + interval '14 days'"
             " FROM generate_series(1, $1) AS g,"
             " (SELECT client_id, user_id, scopes, audience FROM refresh_families LIMIT 1) AS model",
-            deleted,
+            refill,
         )
         refill_seconds = time.perf_counter() - started
         after_refill = await sizes(connection, count=True)
     finally:
         await connection.close()
     filler = args.families - max(1, args.rotation_connections)
-    if deleted != int(filler * args.dead_fraction) or after_refill["families"] != before["families"]:
+    if deleted != int(filler * args.dead_fraction) or after_refill["families"] != before["families"] - deleted + refill:
         raise RuntimeError(f"deleted {deleted} of {before['families']} families ({after_refill['families']} after"
                            f" the refill); {int(filler * args.dead_fraction)} were dead")
     return {
@@ -211,7 +215,7 @@ async def alone(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
         "after_gc": after_gc,
         "vacuum_seconds": round(vacuum_seconds, 2),
         "after_vacuum": after_vacuum,
-        "refill_families": deleted,
+        "refill_families": refill,
         "refill_seconds": round(refill_seconds, 2),
         "after_refill": after_refill,
     }
@@ -313,13 +317,16 @@ def print_table(result: dict[str, Any]) -> None:
               f" {p['statement_p99_ms']:>7.1f} {p['statement_max_ms']:>7.1f} {p['wal_bytes_per_family']:>9,}")
     print(f"(each statement sweeps {a['pages_per_statement']:,} heap pages; each pass started after a CHECKPOINT: "
           f"{a['checkpoint_before']})")
+    slowest = (", ".join(f"{s['ms']:,.0f} ms at {s['at_s']} s" for s in p["slowest_statements"]) for _, p in passes)
+    print("slowest statements: " + "; ".join(f"{name.split(',')[0]}: {s}" for (name, _), s in zip(passes, slowest)))
     after_gc, after_vacuum, after_refill = a["after_gc"], a["after_vacuum"], a["after_refill"]
     print(f"after the pass: heap {after_gc['heap_bytes'] / MIB:,.0f} MiB, indexes {after_gc['index_bytes'] / MIB:,.0f} MiB;"
           f" VACUUM {a['vacuum_seconds']} s: heap {after_vacuum['heap_bytes'] / MIB:,.0f} MiB, indexes "
           f"{after_vacuum['index_bytes'] / MIB:,.0f} MiB")
-    print(f"then {a['refill_families']:,} new families INSERTed in {a['refill_seconds']} s: heap "
-          f"{after_refill['heap_bytes'] / MIB:,.0f} MiB, indexes {after_refill['index_bytes'] / MIB:,.0f} MiB, "
-          f"{after_refill['families']:,} families")
+    if a["refill_families"]:
+        print(f"then {a['refill_families']:,} new families INSERTed in {a['refill_seconds']} s: heap "
+              f"{after_refill['heap_bytes'] / MIB:,.0f} MiB, indexes {after_refill['index_bytes'] / MIB:,.0f} MiB, "
+              f"{after_refill['families']:,} families")
     if "with_rotations" in result:
         w = result["with_rotations"]
         for name, r in (("alone", w["rotations_alone"]), ("during the GC pass", w["rotations_during_gc"])):
@@ -337,6 +344,8 @@ def main() -> int:
     parser.add_argument("--rotation-seconds", type=float, default=4.0, help="rotations alone, for comparison")
     parser.add_argument("--janitor-pause", type=float, default=JANITOR_PAUSE,
                         help="seconds between the janitor's statements in step 3 (default: the janitor's)")
+    parser.add_argument("--no-refill", dest="refill", action="store_false",
+                        help="do not INSERT new families after the VACUUM (minutes at 10 million)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if not 0 <= args.dead_fraction <= 1:
