@@ -302,7 +302,7 @@ def print_table(result: dict[str, Any]) -> None:
           f"{db['synchronous_commit']}, shared_buffers={db['shared_buffers']}), {result['cpus']} CPUs, "
           f"Python {result['python']}; load average {result['load_average_before'][0]} before, "
           f"{result['load_average_after'][0]} after")
-    print(f"table: {before['families']:,} families, {100 * result['dead_fraction']:.0f}% dead (spread evenly), "
+    print(f"table: {before['families']:,} families, {100 * result['dead_fraction']:g}% dead (spread evenly), "
           f"heap {before['heap_bytes'] / MIB:,.0f} MiB ({before['heap_pages']:,} pages), indexes "
           f"{before['index_bytes'] / MIB:,.0f} MiB; COPY took {result['fill_seconds']} s")
     print(f"{'pass':<34} {'deleted':>10} {'seconds':>8} {'rows/s':>9} {'pages/s':>8} {'MiB/s':>6} {'stmts':>5}"

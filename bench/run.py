@@ -8,7 +8,7 @@ per-core figure. In mode `2w` the server runs `--workers 2` unpinned, sharing th
 
     make bench
     make bench BENCH_ARGS='--modes 1p --duration 10 --json bench/results/my-run.json'
-    make bench BENCH_ARGS='--gc-families 200000'     # and garbage collection (bench_gc.py), ~30 s more
+    make bench BENCH_ARGS='--gc-families 200000'     # and garbage collection (bench_gc.py), ~20 s more
 """
 
 from __future__ import annotations
@@ -343,7 +343,7 @@ def report(data: dict[str, Any]) -> str:
         alone, janitor = gc["alone"], gc["with_rotations"]
         rotations, during = janitor["rotations_alone"], janitor["rotations_during_gc"]
         lines.append(
-            f"- garbage collection (bench_gc.py, {gc['families']:,} families, {100 * gc['dead_fraction']:.0f}% dead): "
+            f"- garbage collection (bench_gc.py, {gc['families']:,} families, {100 * gc['dead_fraction']:g}% dead): "
             f"{alone['families_per_s']:,} families/s, {alone['pages_per_s']:,} heap pages/s, statement p99 "
             f"{alone['statement_p99_ms']:.0f} ms; rotation p99 {rotations['p99_ms']:.1f} ms alone, "
             f"{during['p99_ms']:.1f} ms during a janitor pass"
@@ -360,7 +360,7 @@ def main() -> int:
     parser.add_argument("--conns", type=int, default=64)
     parser.add_argument("--json", default=str(HERE / "results" / "latest.json"))
     parser.add_argument("--gc-families", type=int, default=0,
-                        help="also run bench_gc.py on a table of this many families (about 30 s for 200000; 0: no)")
+                        help="also run bench_gc.py on a table of this many families (about 20 s for 200000; 0: no)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
