@@ -18,10 +18,11 @@ In one run, on its own scratch database (an embedded PostgreSQL unless --databas
 Each pass starts right after a CHECKPOINT, so the first change to every page writes the whole page
 to the WAL, as it does for a janitor that runs once per checkpoint interval (5 min each).
 Nothing listens on TCP (the embedded server uses a Unix socket); every process and database started
-is stopped and dropped at the end; about 1-2 minutes with the defaults.
+is stopped and dropped at the end; about 1-2 minutes with the defaults (10 million families with
+--no-refill: about 8 minutes, 7 of them the COPY). Figures: docs/performance.md.
 
     .venv/bin/python bench/bench_gc.py [--families 1000000] [--dead-fraction 0.5] [--json out.json]
-    .venv/bin/python bench/bench_gc.py --families 10000000
+    .venv/bin/python bench/bench_gc.py --families 10000000 --no-refill
     .venv/bin/python bench/bench_gc.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
 """
 
