@@ -35,13 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-import warnings
-from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -49,102 +45,14 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server import db  # noqa: E402
+from scratch import (  # noqa: E402
+    AUDIENCE, CLIENT, PASSWORD, SECRET, create_client_and_user, direct_families, direct_loop, fill_families,
+    prepare_schema, scratch_database, summary, table_facts,
+)
+
 from server.refresh import RefreshChain, RefreshToken  # noqa: E402
-from server.store.families import FamilyStore  # noqa: E402
 
-CLIENT, SECRET, PASSWORD = "bench", "bench-secret-0123456789", "bench password"
-AUDIENCE = "https://api.example"
-FILLER_USERS = 1000
 CHEAP_ARGON2 = {"TESSERA_ARGON2_TIME_COST": "1", "TESSERA_ARGON2_MEMORY_KIB": "1024"}
-
-
-# --- a scratch database ---------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def scratch_database(server_url: str | None, workdir: Path) -> Iterator[str]:
-    embedded = None
-    if server_url is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import pgserver
-
-            embedded = pgserver.get_server(workdir / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
-        server_url = embedded.get_uri()
-    name = f"tessera_bench_{os.getpid()}"
-    parts = urlsplit(server_url)
-    dsn = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-    async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(server_url)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield dsn
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        if embedded is not None:
-            embedded.cleanup()
-
-
-async def prepare_schema(dsn: str, unique_hash_index: bool) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        await db.migrate(connection)
-        if unique_hash_index:
-            await connection.execute("CREATE UNIQUE INDEX bench_current_hash ON refresh_families (current_hash)")
-        await connection.copy_records_to_table(
-            "users",
-            columns=["user_id", "username", "password_hash"],
-            records=[(uuid.uuid4(), f"filler-{i}", "x") for i in range(FILLER_USERS)],
-        )
-    finally:
-        await connection.close()
-
-
-async def fill_families(dsn: str, total: int) -> None:
-    """COPY live filler families until the table holds ``total`` (not through the API)."""
-    connection = await asyncpg.connect(dsn)
-    try:
-        users = [r[0] for r in await connection.fetch("SELECT user_id FROM users WHERE username LIKE 'filler-%'")]
-        missing = total - await connection.fetchval("SELECT count(*) FROM refresh_families")
-        now = datetime.now(UTC)
-        while missing > 0:
-            batch = min(missing, 100_000)
-            records = [
-                (uuid.uuid4(), CLIENT, users[i % len(users)], ["read", "write"], AUDIENCE, now, now,
-                 now + timedelta(days=30), 0, secrets.token_bytes(32), now, now + timedelta(days=14))
-                for i in range(batch)
-            ]
-            await connection.copy_records_to_table(
-                "refresh_families",
-                columns=["family_id", "client_id", "user_id", "scopes", "audience", "auth_time", "created_at",
-                         "expires_at", "generation", "current_hash", "last_rotated_at", "idle_expires_at"],
-                records=records,
-            )
-            missing -= batch
-        await connection.execute("VACUUM ANALYZE refresh_families")
-    finally:
-        await connection.close()
-
-
-async def table_facts(dsn: str) -> dict[str, Any]:
-    connection = await asyncpg.connect(dsn)
-    try:
-        row = await connection.fetchrow(
-            "SELECT count(*) AS families, pg_total_relation_size('refresh_families') AS bytes,"
-            " current_setting('fsync') AS fsync, current_setting('synchronous_commit') AS synchronous_commit,"
-            " current_setting('server_version') AS version FROM refresh_families"
-        )
-        assert row is not None
-        return dict(row)
-    finally:
-        await connection.close()
 
 
 async def update_counts(dsn: str) -> tuple[int, int]:
@@ -212,24 +120,6 @@ async def tessera_server(dsn: str, workdir: Path) -> AsyncIterator[str]:
                 process.wait(5)
 
 
-async def create_client_and_user(dsn: str) -> None:
-    from server.passwords import SecretHasher
-    from server.settings import Argon2Profile
-    from server.store import ClientStore, UserStore
-
-    hasher = SecretHasher(Argon2Profile(time_cost=1, memory_kib=1024, parallelism=1))
-    connection = await asyncpg.connect(dsn)
-    try:
-        await ClientStore(connection).create(
-            CLIENT, secret_hash=hasher.hash_sync(SECRET), grant_types=["password", "refresh_token"],
-            scopes=["read", "write"], audiences=[AUDIENCE],
-        )
-        await UserStore(connection).create("bench-user", hasher.hash_sync(PASSWORD))
-    finally:
-        hasher.close()
-        await connection.close()
-
-
 AUTH = "Basic " + base64.b64encode(f"{CLIENT}:{SECRET}".encode()).decode()
 
 
@@ -246,18 +136,6 @@ async def login(session: aiohttp.ClientSession, url: str, count: int) -> list[st
 
 
 # --- load -----------------------------------------------------------------------------------------
-
-
-def summary(count: int, seconds: float, latencies_ms: list[float], failures: int) -> dict[str, Any]:
-    latencies_ms.sort()
-    pick = (lambda q: latencies_ms[min(len(latencies_ms) - 1, int(q * len(latencies_ms)))]) if latencies_ms else None
-    return {
-        "rotations_per_s": round(count / seconds, 1),
-        "p50_ms": round(pick(0.50), 3) if pick else None,
-        "p99_ms": round(pick(0.99), 3) if pick else None,
-        "rotations": count,
-        "failures": failures,
-    }
 
 
 async def http_closed_loop(url: str, tokens: list[str], duration: float) -> dict[str, Any]:
@@ -312,67 +190,6 @@ def http_wrk(url: str, tokens: list[str], duration: float, workdir: Path) -> dic
         "driver": "wrk",
         "command": " ".join(command),
     }
-
-
-async def direct_families(dsn: str, chain: RefreshChain, count: int) -> list[RefreshToken]:
-    """Families for the direct driver, with tokens whose chains it can walk."""
-    tokens = [chain.first(uuid.uuid4()) for _ in range(count)]
-    connection = await asyncpg.connect(dsn)
-    try:
-        user_id = await connection.fetchval("SELECT user_id FROM users WHERE username = 'bench-user'")
-        now = datetime.now(UTC)
-        await connection.copy_records_to_table(
-            "refresh_families",
-            columns=["family_id", "client_id", "user_id", "scopes", "audience", "auth_time", "created_at",
-                     "expires_at", "generation", "current_hash", "last_rotated_at", "idle_expires_at"],
-            records=[(t.family_id, CLIENT, user_id, ["read", "write"], AUDIENCE, now, now, now + timedelta(days=30),
-                      0, t.digest, now, now + timedelta(days=14)) for t in tokens],
-        )
-    finally:
-        await connection.close()
-    return tokens
-
-
-async def direct_loop(dsn: str, chain: RefreshChain, tokens: list[RefreshToken], duration: float) -> dict[str, Any]:
-    """The server's rotation UPDATE, one per round trip, autocommit (durable), one chain per
-    connection; ``tokens`` is advanced in place to each chain's current token."""
-    pool = await asyncpg.create_pool(dsn, min_size=len(tokens), max_size=len(tokens))
-    store = FamilyStore(pool)
-    latencies: list[float] = []
-    failures = 0
-    deadline = time.perf_counter() + duration
-    idle = timedelta(days=14)
-
-    async def worker(index: int) -> None:
-        nonlocal failures
-        token = tokens[index]
-        while time.perf_counter() < deadline:
-            successor = chain.successor(token)
-            now = datetime.now(UTC)
-            started = time.perf_counter()
-            rotated = await store.rotate(
-                family_id=token.family_id, generation=token.generation, current_hash=token.digest,
-                client_id=CLIENT, successor_hash=successor.digest, now=now, idle_expires_at=now + idle,
-                scopes=None, audience=None,
-            )
-            if rotated is None:
-                failures += 1
-                return
-            latencies.append((time.perf_counter() - started) * 1000)
-            token = successor
-        tokens[index] = token
-
-    try:
-        wal_before = await pool.fetchval("SELECT pg_current_wal_lsn()")
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(len(tokens))))
-        elapsed = time.perf_counter() - started
-        wal = await pool.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)", wal_before)
-    finally:
-        await pool.close()
-    result = summary(len(latencies), elapsed, latencies, failures)
-    result["wal_bytes_per_rotation"] = round(float(wal) / max(1, len(latencies)))
-    return result
 
 
 async def measure(

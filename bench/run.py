@@ -8,6 +8,7 @@ per-core figure. In mode `2w` the server runs `--workers 2` unpinned, sharing th
 
     make bench
     make bench BENCH_ARGS='--modes 1p --duration 10 --json bench/results/my-run.json'
+    make bench BENCH_ARGS='--gc-families 200000'     # and garbage collection (bench_gc.py), ~20 s more
 """
 
 from __future__ import annotations
@@ -199,6 +200,19 @@ def verifier_limits(seconds: float) -> dict[str, float] | None:
                                    "http_with_middleware_per_s", "http_with_middleware_ratio")}
 
 
+def gc_figures(families: int) -> dict[str, Any] | None:
+    """bench_gc.py on a table of ``families`` (half of them dead): the collector's throughput and
+    what a pass does to rotations. None if it failed."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        done = subprocess.run([sys.executable, str(HERE / "bench_gc.py"), "--families", str(families),
+                               "--rotation-seconds", "2", "--json", out.name], capture_output=True, text=True,
+                              timeout=600)
+        if done.returncode != 0:
+            print(f"bench_gc.py failed: {done.stderr.strip()[-500:]}", file=sys.stderr)
+            return None
+        return dict(json.loads(Path(out.name).read_text()))
+
+
 # --- one server's run -----------------------------------------------------------------------------
 
 
@@ -361,6 +375,16 @@ def report(data: dict[str, Any]) -> str:
             f"{verify['raw_joserfc_per_s']:,}/s (ratio {verify['verifier_ratio']:.2f}); through the aiohttp "
             f"middleware over HTTP {verify['http_with_middleware_per_s']:,}/s"
         )
+    gc = data.get("gc")
+    if gc:
+        alone, janitor = gc["alone"], gc["with_rotations"]
+        rotations, during = janitor["rotations_alone"], janitor["rotations_during_gc"]
+        lines.append(
+            f"- garbage collection (bench_gc.py, {gc['families']:,} families, {100 * gc['dead_fraction']:g}% dead): "
+            f"{alone['families_per_s']:,} families/s, {alone['pages_per_s']:,} heap pages/s, statement p99 "
+            f"{alone['statement_p99_ms']:.0f} ms; rotation p99 {rotations['p99_ms']:.1f} ms alone, "
+            f"{during['p99_ms']:.1f} ms during a janitor pass"
+        )
     return "\n".join(lines)
 
 
@@ -372,6 +396,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--conns", type=int, default=64)
     parser.add_argument("--json", default=str(HERE / "results" / "latest.json"))
+    parser.add_argument("--gc-families", type=int, default=0,
+                        help="also run bench_gc.py on a table of this many families (about 20 s for 200000; 0: no)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
@@ -393,6 +419,8 @@ def main() -> int:
             data["hello"][mode] = run_hello(mode, args, work)
             data["tessera"][mode] = run_tessera(mode, endpoints, args, work)
     data["verifier"] = verifier_limits(2.0)
+    if args.gc_families:
+        data["gc"] = gc_figures(args.gc_families)
     text = report(data)
     print(text)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,8 @@ from server.store.login_failures import LoginFailureStore
 from server.throttle import WINDOW_SECONDS
 
 GC_INTERVAL = 300.0
+# Seconds the background janitor waits between its statements, leaving room for the requests.
+JANITOR_PAUSE = 0.01
 # A dead family stays this long: the longest an access token can live (TESSERA_ACCESS_TOKEN_TTL is
 # at most a day), so introspection sees a revoked family for as long as any of its access tokens
 # could still be shown, and a family that merely expired still vouches for its last access tokens.
@@ -102,7 +104,7 @@ class Janitor:
         await asyncio.sleep(random.uniform(0.2, 1.0) * self._interval)
         while True:
             try:
-                await collect_garbage(self._pool, datetime.fromtimestamp(self._clock(), UTC), pause=0.01)
+                await collect_garbage(self._pool, datetime.fromtimestamp(self._clock(), UTC), pause=JANITOR_PAUSE)
             except _PASS_FAILED as exc:
                 log.warning("garbage collection failed", extra={"cause": type(exc).__name__})
             await asyncio.sleep(self._interval)
