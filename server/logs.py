@@ -37,10 +37,24 @@ def redact(text: str) -> str:
     return text
 
 
+_second: tuple[int, str] = (-1, "")  # one tuple, so a thread never sees one half of an update
+
+
+def _timestamp(now: float) -> str:
+    """``2026-11-28T09:06:32.123Z``; the part to the second is made once a second, not per line."""
+    global _second
+    whole, text = _second
+    if int(now) != whole:
+        whole = int(now)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, text)
+    return f"{text}.{int(now * 1000) % 1000:03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,
@@ -52,19 +66,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return redact(json.dumps(entry, default=str, separators=(",", ":")))
-
-
-_second = -1
-_second_text = ""
-
-
-def _timestamp(now: float) -> str:
-    """``2026-11-28T09:06:32.123Z``; the part to the second is made once a second, not per line."""
-    global _second, _second_text
-    whole = int(now)
-    if whole != _second:
-        _second, _second_text = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    return f"{_second_text}.{int(now * 1000) % 1000:03d}Z"
 
 
 _quote = json.encoder.encode_basestring_ascii  # what json.dumps does to a str (ensure_ascii)
