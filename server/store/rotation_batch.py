@@ -53,7 +53,7 @@ class Rotation:
     idle_expires_at: datetime
     scopes: Sequence[str] | None
     audience: str | None
-    done: asyncio.Future[asyncpg.Record | None] = field(default=None)  # type: ignore[assignment]
+    done: asyncio.Future[asyncpg.Record | None] = field(init=False)  # set by ``rotate``
 
 
 class RotationBatcher:
