@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scratch import (  # noqa: E402
-    AUDIENCE, CLIENT, PASSWORD, SECRET, create_client_and_user, direct_families, direct_loop, fill_families,
+    CLIENT, PASSWORD, SECRET, create_client_and_user, direct_families, direct_loop, fill_families,
     prepare_schema, scratch_database, summary, table_facts,
 )
 

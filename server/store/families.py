@@ -56,7 +56,7 @@ def _family(row: asyncpg.Record) -> Family:
 # The rotation: the presented token must be the family's current one, of the authenticated client,
 # in a live family, and the request must not widen scope or change audience. The successor's hash
 # is computed beforehand, so this is the whole refresh in one round trip.
-ROTATE_SQL = f"""
+ROTATE_SQL = """
 UPDATE refresh_families
    SET generation = generation + 1, current_hash = $5, last_rotated_at = $6, idle_expires_at = $7
  WHERE family_id = $1 AND generation = $2 AND current_hash = $3 AND client_id = $4
