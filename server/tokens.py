@@ -1,4 +1,12 @@
-"""Access tokens (RFC 9068): the claim set, signed with the keyring's active key."""
+"""Access tokens (RFC 9068): the claim set, signed with the keyring's active key.
+
+Signatures asked for during one turn of the event loop are made together at the end of that turn
+(``SignatureBatch``): measured in the server, an ES256 signature made between the parsing and the
+answering of a request cost about 40 µs of CPU, and 22 µs when made right after another one, and
+the interpreter's own work around it slowed down too. OpenSSL's code and tables and the
+interpreter's evict each other from the CPU's caches; signing in a run keeps each side warm.
+docs/performance.md has the figures.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from keys.keyring import Keyring
+from keys.signer import Signer
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +43,7 @@ class AccessTokenIssuer:
         self._ttl = ttl
         self._clock = clock
         self._executor = executor
+        self._batch = SignatureBatch()
 
     async def issue(
         self,
@@ -68,5 +78,36 @@ class AccessTokenIssuer:
         if signer.blocking:
             token = await asyncio.get_running_loop().run_in_executor(self._executor, signer.sign, claims)
         else:
-            token = signer.sign(claims)
+            token = await self._batch.sign(signer, claims)
         return IssuedAccessToken(token, self._ttl, jti)
+
+
+class SignatureBatch:
+    """Signs, at the end of the current turn of the event loop, every token asked for in it.
+
+    A request that is cancelled while it waits (its client went away) is not signed. A signature
+    that fails fails only its own request. The wait is one turn of the loop: with one request in
+    flight it is a few microseconds; under load the batch holds every token request that arrived
+    together (at 64 connections on one core, a few dozen).
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Signer, dict[str, Any], asyncio.Future[str]]] = []
+
+    def sign(self, signer: Signer, claims: dict[str, Any]) -> asyncio.Future[str]:
+        loop = asyncio.get_running_loop()
+        signed: asyncio.Future[str] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._sign_pending)
+        self._pending.append((signer, claims, signed))
+        return signed
+
+    def _sign_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for signer, claims, signed in pending:
+            if signed.cancelled():
+                continue
+            try:
+                signed.set_result(signer.sign(claims))
+            except Exception as exc:  # handed to the one request it belongs to
+                signed.set_exception(exc)
