@@ -21,7 +21,7 @@ from server.grants import GrantServices, default_grants
 from server.key_scheduler import KeyScheduler, key_lifecycle
 from server.limits import DEADLINES, connection_limits, deadlines
 from server.metrics import METRICS, Metrics
-from server.middleware import error_middleware, hide_server_version, security_headers
+from server.middleware import error_middleware, hide_server_version
 from server.passwords import SecretHasher
 from server.revocation import endpoint_metadata
 from server.services import SERVICES, Services
@@ -43,7 +43,6 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         client_max_size=settings.max_body_bytes,
         handler_args=connection_limits(settings),
     )
-    app.on_response_prepare.append(security_headers)
     app[METRICS] = Metrics.for_this_process()
     app[DEADLINES] = deadlines(settings)
     hide_server_version()
