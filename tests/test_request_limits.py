@@ -197,3 +197,60 @@ async def test_idle_and_slow_connections_do_not_delay_other_requests(client, adm
     finally:
         for _, writer in idle + slow:
             writer.close()
+
+
+# --- the server's clock (server.limits.Deadlines), one timer for every request in flight -----------
+
+
+def _bounded(handler: Any, answer_within: float) -> tuple[Any, Any, Any]:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from server.limits import DEADLINES, Deadlines, with_deadline
+
+    app = web.Application()
+    keeper = Deadlines(client_timeout=5.0, answer_within=answer_within)
+    app[DEADLINES] = keeper
+    return with_deadline(handler), lambda: make_mocked_request("POST", "/token", app=app), keeper
+
+
+async def test_an_answer_not_ready_in_time_is_a_timeout_error_a_tick_after_its_deadline():
+    from aiohttp import web
+
+    from server.limits import DEADLINE_TICK_SECONDS
+
+    async def stuck(request: Any) -> web.Response:
+        await asyncio.sleep(60)
+        return web.Response()
+
+    async def quick(request: Any) -> web.Response:
+        await asyncio.sleep(0.01)
+        return web.Response(text="ok")
+
+    bounded, request, keeper = _bounded(stuck, answer_within=0.3)
+    quick_bounded = _bounded(quick, 0.3)[0]
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await bounded(request())
+    waited = time.monotonic() - started
+    assert 0.3 <= waited <= 0.3 + DEADLINE_TICK_SECONDS + 0.2, waited
+    # Requests that finish in time are untouched, and with none in flight the timer stops.
+    assert all(r.text == "ok" for r in await asyncio.gather(*(quick_bounded(request()) for _ in range(20))))
+    await asyncio.sleep(DEADLINE_TICK_SECONDS * 1.5)
+    assert keeper._timer is None and not keeper._running
+
+
+async def test_a_cancellation_from_elsewhere_stays_a_cancellation():
+    from aiohttp import web
+
+    async def stuck(request: Any) -> web.Response:
+        await asyncio.sleep(60)
+        return web.Response()
+
+    bounded, request, keeper = _bounded(stuck, answer_within=30)
+    task = asyncio.ensure_future(bounded(request()))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not keeper._running
