@@ -105,6 +105,7 @@ class Metrics:
             registry=values, buckets=BATCH_BUCKETS,
         )
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._done: list[tuple[str, str, int, float, str | None]] = []
         self.pool_waits = counter(
             "tessera_db_pool_waits", "Connection acquisitions that found every connection of the pool in use"
         )
@@ -117,6 +118,23 @@ class Metrics:
     # --- what the rest of the server reports ----------------------------------------------------
 
     def request_done(self, endpoint: str, method: str, status: int, seconds: float, error: str | None) -> None:
+        """Counted at the end of this turn of the event loop, with the other requests that ended in
+        it (as the request log lines are written, server.logs): one run of prometheus-client calls
+        instead of one per request in between the rest. Right away when no loop is running."""
+        self._done.append((endpoint, method, status, seconds, error))
+        if len(self._done) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.count_done)
+            except RuntimeError:
+                self.count_done()
+
+    def count_done(self) -> None:
+        """Count the requests noted by ``request_done``; a scrape does this first."""
+        done, self._done = self._done, []
+        for request in done:
+            self._count_request(*request)
+
+    def _count_request(self, endpoint: str, method: str, status: int, seconds: float, error: str | None) -> None:
         # The labelled children, looked up once per (endpoint, method, status): bounded by the routes.
         children = self._request_children.get((endpoint, method, status))
         if children is None:
@@ -155,6 +173,7 @@ class Metrics:
 
     async def render(self) -> bytes:
         """The text exposition; reading the multiprocess files is disk I/O, so off the loop."""
+        self.count_done()
         if self.multiprocess_dir is None:
             return self._render_sync()
         return await asyncio.get_running_loop().run_in_executor(None, self._render_sync)

@@ -61,6 +61,24 @@ async def test_metrics_after_a_scripted_flow_show_exact_counts(client, admin):
     assert not [key for key in m if ("client_id", "wrong-secret") in key[1]]
 
 
+async def test_requests_are_counted_at_the_end_of_their_turn_and_a_scrape_counts_what_is_pending():
+    from server.metrics import Metrics
+
+    series = Metrics()
+    for status in (200, 200, 400):
+        series.request_done("/token", "POST", status, 0.004, "invalid_request" if status == 400 else None)
+    before = parse_metrics((await series.render()).decode())  # a scrape in the same turn sees them
+    assert sample(before, "tessera_http_requests_total", endpoint="/token", method="POST", status="200") == 2
+    assert sample(before, "tessera_oauth_errors_total", endpoint="/token", error="invalid_request") == 1
+
+    series.request_done("/token", "POST", 200, 0.004, None)
+    labels = {"endpoint": "/token", "method": "POST", "status": "200"}
+    assert series._values is not None
+    assert series._values.get_sample_value("tessera_http_requests_total", labels) == 2  # not yet
+    await asyncio.sleep(0)  # the end of the turn, with no scrape
+    assert series._values.get_sample_value("tessera_http_requests_total", labels) == 3
+
+
 async def test_random_paths_and_methods_do_not_make_new_series(client):
     for n in range(20):
         await client.get(f"/x{n}/{'a' * n}")
