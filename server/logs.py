@@ -8,7 +8,6 @@ message) is masked: JWTs, Tessera's ``tsr_``/``tsc_`` tokens, and a password ins
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -16,6 +15,8 @@ import re
 import sys
 import time
 from typing import Any
+
+from server.end_of_turn import EndOfTurn
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -106,7 +107,8 @@ class JsonLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
-        self._pending: list[tuple[Any, ...]] = []  # the values of request lines still to be written
+        # The values of the request lines still to be written; any thread may flush them.
+        self._pending: EndOfTurn[tuple[Any, ...]] = EndOfTurn(self._write_lines, lock=self.lock)
 
     def write_request(
         self, logger: str, request_id: str, method: str, path: str, status: int, duration_ms: float,
@@ -115,7 +117,7 @@ class JsonLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """The INFO line ``request`` with these fields and then ``fields``, as ``JsonFormatter``
         would write it, timed now and formatted at the end of this turn of the loop (so ``fields``
         must not change after this call)."""
-        self._write((time.time(), logger, request_id, method, path, status, duration_ms, remote, fields))
+        self._pending.add((time.time(), logger, request_id, method, path, status, duration_ms, remote, fields))
 
     def _request_line(
         self, now: float, logger: str, request_id: str, method: str, path: str, status: int, duration_ms: float,
@@ -132,35 +134,13 @@ class JsonLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             line += "".join([f",{_quote(key)}:{_json_value(value)}" for key, value in fields.items()])
         return redact(line + "}") + self.terminator
 
-    def _write(self, values: tuple[Any, ...]) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        self.acquire()
-        try:
-            self._pending.append(values)
-            if loop is None:
-                self._write_pending()
-            elif len(self._pending) == 1:
-                loop.call_soon(self.flush)
-        finally:
-            self.release()
-
-    def _write_pending(self) -> None:
-        if self._pending:
-            line = self._request_line
-            lines = "".join([line(*values) for values in self._pending])
-            self._pending = []
-            self.stream.write(lines)
-            super().flush()
+    def _write_lines(self, pending: list[tuple[Any, ...]]) -> None:
+        line = self._request_line
+        self.stream.write("".join([line(*values) for values in pending]))
+        super().flush()
 
     def flush(self) -> None:
-        self.acquire()
-        try:
-            self._write_pending()
-        finally:
-            self.release()
+        self._pending.flush()
 
     def emit(self, record: logging.LogRecord) -> None:
         self.flush()

@@ -34,6 +34,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 from keys.keyring import Keyring
+from server.end_of_turn import EndOfTurn
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -105,7 +106,7 @@ class Metrics:
             registry=values, buckets=BATCH_BUCKETS,
         )
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._done: list[tuple[str, str, int, float, str | None]] = []
+        self._done: EndOfTurn[tuple[str, str, int, float, str | None]] = EndOfTurn(self._count_requests)
         self.pool_waits = counter(
             "tessera_db_pool_waits", "Connection acquisitions that found every connection of the pool in use"
         )
@@ -120,30 +121,23 @@ class Metrics:
     def request_done(self, endpoint: str, method: str, status: int, seconds: float, error: str | None) -> None:
         """Counted at the end of this turn of the event loop, with the other requests that ended in
         it (as the request log lines are written, server.logs): one run of prometheus-client calls
-        instead of one per request in between the rest. Right away when no loop is running."""
-        self._done.append((endpoint, method, status, seconds, error))
-        if len(self._done) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self.count_done)
-            except RuntimeError:
-                self.count_done()
+        instead of one per request in between the rest. Right away when no loop is running; a
+        scrape counts what is pending first."""
+        self._done.add((endpoint, method, status, seconds, error))
 
-    def count_done(self) -> None:
-        """Count the requests noted by ``request_done``; a scrape does this first."""
-        done, self._done = self._done, []
-        for request in done:
-            self._count_request(*request)
-
-    def _count_request(self, endpoint: str, method: str, status: int, seconds: float, error: str | None) -> None:
-        # The labelled children, looked up once per (endpoint, method, status): bounded by the routes.
-        children = self._request_children.get((endpoint, method, status))
-        if children is None:
-            children = (self.requests.labels(endpoint, method, str(status)), self.request_seconds.labels(endpoint, method))
-            self._request_children[(endpoint, method, status)] = children
-        children[0].inc()
-        children[1].observe(seconds)
-        if error is not None:
-            self.oauth_errors.labels(endpoint, error).inc()
+    def _count_requests(self, done: list[tuple[str, str, int, float, str | None]]) -> None:
+        for endpoint, method, status, seconds, error in done:
+            # The labelled children, looked up once per (endpoint, method, status): bounded by the routes.
+            children = self._request_children.get((endpoint, method, status))
+            if children is None:
+                children = (
+                    self.requests.labels(endpoint, method, str(status)), self.request_seconds.labels(endpoint, method)
+                )
+                self._request_children[(endpoint, method, status)] = children
+            children[0].inc()
+            children[1].observe(seconds)
+            if error is not None:
+                self.oauth_errors.labels(endpoint, error).inc()
 
     def pool_opened(self, max_size: int) -> None:
         self.pool_max.set(max_size)
@@ -173,7 +167,7 @@ class Metrics:
 
     async def render(self) -> bytes:
         """The text exposition; reading the multiprocess files is disk I/O, so off the loop."""
-        self.count_done()
+        self._done.flush()
         if self.multiprocess_dir is None:
             return self._render_sync()
         return await asyncio.get_running_loop().run_in_executor(None, self._render_sync)

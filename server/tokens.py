@@ -19,6 +19,7 @@ from typing import Any
 
 from keys.keyring import Keyring
 from keys.signer import Signer
+from server.end_of_turn import EndOfTurn
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,18 +93,15 @@ class SignatureBatch:
     """
 
     def __init__(self) -> None:
-        self._pending: list[tuple[Signer, dict[str, Any], asyncio.Future[str]]] = []
+        self._pending: EndOfTurn[tuple[Signer, dict[str, Any], asyncio.Future[str]]] = EndOfTurn(self._sign_all)
 
     def sign(self, signer: Signer, claims: dict[str, Any]) -> asyncio.Future[str]:
-        loop = asyncio.get_running_loop()
-        signed: asyncio.Future[str] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._sign_pending)
-        self._pending.append((signer, claims, signed))
+        signed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending.add((signer, claims, signed))
         return signed
 
-    def _sign_pending(self) -> None:
-        pending, self._pending = self._pending, []
+    @staticmethod
+    def _sign_all(pending: list[tuple[Signer, dict[str, Any], asyncio.Future[str]]]) -> None:
         for signer, claims, signed in pending:
             if signed.cancelled():
                 continue
