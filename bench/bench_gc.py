@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import secrets
-import shutil
 import sys
 import tempfile
 import time
@@ -351,12 +350,9 @@ def main() -> int:
     args = parser.parse_args()
     if not 0 <= args.dead_fraction <= 1:
         parser.error("--dead-fraction: from 0 to 1")
-    workdir = Path(tempfile.mkdtemp(prefix="tessera-bench-gc-"))
-    try:
-        with scratch_server(args.database_url, workdir) as server:
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-gc-", ignore_cleanup_errors=True) as tmp:
+        with scratch_server(args.database_url, Path(tmp)) as server:
             result = asyncio.run(run(server, args))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     result["command"] = " ".join([".venv/bin/python", "bench/bench_gc.py", *sys.argv[1:]])
     print_table(result)
     if args.json:

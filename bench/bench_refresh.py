@@ -290,12 +290,10 @@ def main() -> int:
                         help="add a UNIQUE index on current_hash (to measure what it costs)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-", ignore_cleanup_errors=True) as tmp:
+        workdir = Path(tmp)
         with scratch_database(args.database_url, workdir) as dsn:
             result = asyncio.run(run(dsn, args, workdir))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     print_table(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
