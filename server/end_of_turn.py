@@ -21,31 +21,50 @@ class EndOfTurn(Generic[T]):
     at its end (one ``call_soon``, scheduled by the turn's first item). With no running loop,
     ``process`` runs at once. ``flush`` hands over what is noted so far, now.
 
+    ``mark`` asks for ``process`` at the end of the turn without an item, for a caller that keeps
+    other state to settle there (``process`` then gets what was added, perhaps nothing).
+
     ``lock``, when given, is held while items are noted and taken: for a caller whose ``flush`` may
     come from another thread (a logging handler). Without it, use from the loop's thread only.
     """
 
     def __init__(self, process: Callable[[list[T]], Any], lock: contextlib.AbstractContextManager[Any] | None = None) -> None:
         self._process = process
-        self._lock: contextlib.AbstractContextManager[Any] = lock if lock is not None else contextlib.nullcontext()
+        self._lock = lock
         self._items: list[T] = []
+        self._due = False  # process is owed: an item was added or ``mark`` called since the last flush
+        self._scheduled = False  # a flush is scheduled for the end of this turn
 
     def add(self, item: T) -> None:
+        # The unlocked path is the one every request takes: no context manager, one append.
+        if self._lock is None:
+            self._items.append(item)
+            if not self._scheduled:
+                self._schedule()
+            return
         with self._lock:
             self._items.append(item)
-            if len(self._items) > 1:
-                return  # the turn's flush is already scheduled
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is not None:
-                loop.call_soon(self.flush)
+            if self._scheduled:
                 return
-        self.flush()
+        self._schedule()
+
+    def mark(self) -> None:
+        if not self._scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._due = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        with self._lock:
+        with self._lock if self._lock is not None else contextlib.nullcontext():
             items, self._items = self._items, []
-            if items:
+            due, self._due, self._scheduled = self._due or bool(items), False, False
+            if due:
                 self._process(items)

@@ -18,13 +18,13 @@ log = logging.getLogger("tessera.events")
 def token_issued(grant_type: str, client_id: str) -> None:
     """An access token was issued by ``grant_type`` to ``client_id``."""
     if (series := metrics.current()) is not None:
-        series.tokens_issued.labels(grant_type, client_id).inc()
+        series.count(series.tokens_issued, (grant_type, client_id))
 
 
 def refresh_rotated(client_id: str) -> None:
     """A refresh token was rotated (a successful refresh_token grant)."""
     if (series := metrics.current()) is not None:
-        series.refresh_rotations.labels(client_id).inc()
+        series.count(series.refresh_rotations, (client_id,))
 
 
 def rotations_sent(rows: int) -> None:

@@ -105,8 +105,13 @@ class Metrics:
             "tessera_refresh_rotation_batch_rows", "Refresh rotations sent to the database in one statement and commit",
             registry=values, buckets=BATCH_BUCKETS,
         )
-        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._done: EndOfTurn[tuple[str, str, int, float, str | None]] = EndOfTurn(self._count_requests)
+        # What this turn of the event loop counted, written to the series at its end (``count``).
+        self._counts: dict[tuple[Counter, tuple[Any, ...]], float] = {}
+        self._children: dict[tuple[Counter, tuple[Any, ...]], Any] = {}
+        self._durations: dict[tuple[str, str], Any] = {}
+        self._in_flight = 0
+        self._in_flight_written = 0
+        self._turn: EndOfTurn[tuple[str, str, int, float, str | None]] = EndOfTurn(self._settle_turn)
         self.pool_waits = counter(
             "tessera_db_pool_waits", "Connection acquisitions that found every connection of the pool in use"
         )
@@ -118,26 +123,56 @@ class Metrics:
 
     # --- what the rest of the server reports ----------------------------------------------------
 
-    def request_done(self, endpoint: str, method: str, status: int, seconds: float, error: str | None) -> None:
-        """Counted at the end of this turn of the event loop, with the other requests that ended in
-        it (as the request log lines are written, server.logs): one run of prometheus-client calls
-        instead of one per request in between the rest. Right away when no loop is running; a
-        scrape counts what is pending first."""
-        self._done.add((endpoint, method, status, seconds, error))
+    def request_started(self) -> None:
+        """A request came in: in flight until its ``request_done``."""
+        self._in_flight += 1
+        self._turn.mark()
 
-    def _count_requests(self, done: list[tuple[str, str, int, float, str | None]]) -> None:
+    def request_done(self, endpoint: str, method: str, status: int, seconds: float, error: str | None) -> None:
+        """A request was answered (after its ``request_started``). Counted at the end of this turn
+        of the event loop, with the other requests that ended in it, as the request log lines are
+        written (server.logs): one run of prometheus-client calls per turn, not several per request
+        in between the rest. A scrape counts what is pending first."""
+        self._in_flight -= 1
+        self._turn.add((endpoint, method, status, seconds, error))
+
+    def request_dropped(self) -> None:
+        """A request ended without an answer of the application's (cancelled)."""
+        self._in_flight -= 1
+        self._turn.mark()
+
+    def count(self, counter: Counter, labels: tuple[Any, ...] = (), amount: float = 1.0) -> None:
+        """Add ``amount`` to ``counter`` (with ``labels``) at the end of this turn: the counts of one
+        turn are summed first, so a hundred tokens issued to one client are one ``inc``."""
+        key = (counter, labels)
+        counts = self._counts
+        counts[key] = counts.get(key, 0.0) + amount
+        self._turn.mark()
+
+    def _settle_turn(self, done: list[tuple[str, str, int, float, str | None]]) -> None:
+        counts, self._counts = self._counts, {}
+        durations = self._durations
         for endpoint, method, status, seconds, error in done:
-            # The labelled children, looked up once per (endpoint, method, status): bounded by the routes.
-            children = self._request_children.get((endpoint, method, status))
-            if children is None:
-                children = (
-                    self.requests.labels(endpoint, method, str(status)), self.request_seconds.labels(endpoint, method)
-                )
-                self._request_children[(endpoint, method, status)] = children
-            children[0].inc()
-            children[1].observe(seconds)
+            # The labelled children, looked up once per (endpoint, method): bounded by the routes.
+            histogram = durations.get((endpoint, method))
+            if histogram is None:
+                histogram = durations[(endpoint, method)] = self.request_seconds.labels(endpoint, method)
+            histogram.observe(seconds)
+            key = (self.requests, (endpoint, method, status))
+            counts[key] = counts.get(key, 0.0) + 1.0
             if error is not None:
-                self.oauth_errors.labels(endpoint, error).inc()
+                key = (self.oauth_errors, (endpoint, error))
+                counts[key] = counts.get(key, 0.0) + 1.0
+        children = self._children
+        for key, amount in counts.items():
+            child = children.get(key)
+            if child is None:
+                counter, labels = key
+                child = children[key] = counter.labels(*labels) if labels else counter
+            child.inc(amount)
+        if self._in_flight != self._in_flight_written:
+            self.in_flight.set(self._in_flight)
+            self._in_flight_written = self._in_flight
 
     def pool_opened(self, max_size: int) -> None:
         self.pool_max.set(max_size)
@@ -167,7 +202,7 @@ class Metrics:
 
     async def render(self) -> bytes:
         """The text exposition; reading the multiprocess files is disk I/O, so off the loop."""
-        self._done.flush()
+        self._turn.flush()
         if self.multiprocess_dir is None:
             return self._render_sync()
         return await asyncio.get_running_loop().run_in_executor(None, self._render_sync)

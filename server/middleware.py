@@ -7,7 +7,6 @@ a full log line (with traceback) for the operator. Nothing internal reaches a re
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import re
@@ -131,48 +130,49 @@ async def error_middleware(
     fields: dict[str, object] = {}
     request[LOG_FIELDS] = fields
     series = request.app[METRICS]
-    series.in_flight.inc()
+    series.request_started()
     try:
-        response = await handler(request)
-    except OAuthError as exc:
-        fields["error"] = exc.error
-        response = error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        error = _from_http_exception(exc)
-        fields["error"] = error.error
-        response = error_response(error)
-    except DATABASE_UNAVAILABLE as exc:
-        fields["error"] = "temporarily_unavailable"
-        log.warning("database unavailable", extra={"request_id": request_id, "cause": type(exc).__name__})
-        response = error_response(TemporarilyUnavailable())
-    except asyncio.CancelledError:
+        try:
+            response = await handler(request)
+        except OAuthError as exc:
+            fields["error"] = exc.error
+            response = error_response(exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            error = _from_http_exception(exc)
+            fields["error"] = error.error
+            response = error_response(error)
+        except DATABASE_UNAVAILABLE as exc:
+            fields["error"] = "temporarily_unavailable"
+            log.warning("database unavailable", extra={"request_id": request_id, "cause": type(exc).__name__})
+            response = error_response(TemporarilyUnavailable())
+        except Exception:
+            fields["error"] = "server_error"
+            log.exception("unhandled error", extra={"request_id": request_id, "path": request.path[:_LOGGED_PATH_MAX]})
+            response = error_response(ServerError("internal error"))
+    except BaseException:  # cancelled (the client left, a deadline, shutdown), or a redirect
+        series.request_dropped()
         raise
-    except Exception:
-        fields["error"] = "server_error"
-        log.exception("unhandled error", extra={"request_id": request_id, "path": request.path[:_LOGGED_PATH_MAX]})
-        response = error_response(ServerError("internal error"))
-    finally:
-        series.in_flight.dec()
     seconds = time.perf_counter() - started
     code = fields.get("error")
-    method = request.method if request.method in _METHODS else "other"
-    series.request_done(_endpoint(request), method, response.status, seconds, str(code) if code else None)
+    method = request.method
+    status = response.status
+    series.request_done(_endpoint(request), method if method in _METHODS else "other", status, seconds,
+                        str(code) if code else None)
     headers = response.headers
     headers["X-Request-Id"] = request_id
     # Here rather than in an on_response_prepare signal: every answer of the application passes
-    # this point, and a signal costs an awaited dispatch per response.
+    # this point, and a signal costs an awaited dispatch per response. (``Server`` is aiohttp's,
+    # renamed by hide_server_version.)
     headers["X-Content-Type-Options"] = "nosniff"
-    # No version on the wire: aiohttp would otherwise announce itself and Python's.
-    headers["Server"] = SERVER_NAME
     path, duration_ms = request.path[:_LOGGED_PATH_MAX], round(seconds * 1000, 2)
-    handler = fast_line_handler(log)
-    if handler is not None:
-        handler.write_request(log.name, request_id, request.method, path, response.status, duration_ms, request.remote, fields)
+    line_handler = fast_line_handler(log)
+    if line_handler is not None:
+        line_handler.write_request(log.name, request_id, method, path, status, duration_ms, request.remote, fields)
     else:
         log.info("request", extra={
-            "request_id": request_id, "method": request.method, "path": path, "status": response.status,
+            "request_id": request_id, "method": method, "path": path, "status": status,
             "duration_ms": duration_ms, "remote": request.remote, **fields,
         })
     return response

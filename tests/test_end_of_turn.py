@@ -55,3 +55,19 @@ def test_the_lock_is_held_while_items_are_processed():
 
     EndOfTurn(process, lock=lock).add("x")
     assert taken_elsewhere == [False]
+
+
+async def test_mark_asks_for_the_turns_processing_without_an_item_and_nothing_due_is_not_processed():
+    batches: list[list[str]] = []
+    turn = EndOfTurn(batches.append)
+    turn.flush()
+    assert batches == []  # nothing was due
+    turn.mark()
+    turn.mark()
+    await asyncio.sleep(0)
+    assert batches == [[]]  # once, at the end of the turn
+    turn.mark()
+    turn.add("a")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert batches == [[], ["a"]]

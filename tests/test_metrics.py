@@ -47,6 +47,7 @@ async def test_metrics_after_a_scripted_flow_show_exact_counts(client, admin):
         assert (await client.get(f"/random/path/{n}")).status == 404
 
     m = await scrape(client)
+    assert sample(m, "tessera_http_requests_in_flight") == 1  # the scrape itself; every other one ended
     assert sample(m, "tessera_tokens_issued_total", grant_type="client_credentials", client_id="svc") == 3
     assert sample(m, "tessera_tokens_issued_total", grant_type="password", client_id="web") == 2
     assert sample(m, "tessera_oauth_errors_total", endpoint="/token", error="invalid_client") == 2
@@ -226,3 +227,42 @@ async def test_a_killed_worker_is_replaced_and_its_counts_are_kept(processes, en
     assert sample(m, "tessera_tokens_issued_total", grant_type="client_credentials", client_id="svc") == 15
     assert server.stop() == 0
     assert json.dumps(server.log_lines()).count('"msg": "worker started"') == 3
+
+
+async def test_requests_in_flight_are_counted_from_start_to_answer_or_drop_and_a_scrape_sees_them():
+    from server.metrics import Metrics
+
+    series = Metrics()
+
+    async def in_flight() -> float:
+        return sample(parse_metrics((await series.render()).decode()), "tessera_http_requests_in_flight")
+
+    for _ in range(3):
+        series.request_started()
+    assert await in_flight() == 3  # a scrape in the same turn
+    series.request_done("/token", "POST", 200, 0.004, None)
+    series.request_dropped()  # cancelled: no answer, still no longer in flight
+    await asyncio.sleep(0)  # the end of the turn, with no scrape
+    assert series._values is not None
+    assert series._values.get_sample_value("tessera_http_requests_in_flight") == 1
+    series.request_done("/token", "POST", 200, 0.004, None)
+    assert await in_flight() == 0
+
+
+async def test_counts_of_one_turn_are_summed_into_one_increment_per_series():
+    from server.metrics import Metrics
+
+    series = Metrics()
+    increments: list[float] = []
+    child = series.tokens_issued.labels("client_credentials", "svc")
+    counted = child.inc
+    child.inc = lambda amount=1: (increments.append(amount), counted(amount))  # type: ignore[method-assign]
+    for _ in range(100):
+        series.count(series.tokens_issued, ("client_credentials", "svc"))
+    series.count(series.tokens_issued, ("password", "web"), 2)
+    assert increments == []  # not before the end of the turn
+    await asyncio.sleep(0)
+    assert increments == [100]
+    values = parse_metrics((await series.render()).decode())
+    assert sample(values, "tessera_tokens_issued_total", grant_type="client_credentials", client_id="svc") == 100
+    assert sample(values, "tessera_tokens_issued_total", grant_type="password", client_id="web") == 2
