@@ -39,17 +39,25 @@ def redact(text: str) -> str:
 
 
 _second: tuple[int, str] = (-1, "")  # one tuple, so a thread never sees one half of an update
+_millisecond: tuple[int, str] = (-1, "")
 
 
 def _timestamp(now: float) -> str:
-    """``2026-11-28T09:06:32.123Z``; the part to the second is made once a second, not per line."""
-    global _second
-    whole, text = _second
-    if int(now) != whole:
-        whole = int(now)
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        _second = (whole, text)
-    return f"{text}.{int(now * 1000) % 1000:03d}Z"
+    """``2026-11-28T09:06:32.123Z``; made once a millisecond (the lines of one turn of the loop
+    share it), the part to the second once a second."""
+    global _second, _millisecond
+    ms = int(now * 1000)
+    last, text = _millisecond
+    if ms == last:
+        return text
+    whole, second = _second
+    if ms // 1000 != whole:
+        whole = ms // 1000
+        second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, second)
+    text = f"{second}.{ms % 1000:03d}Z"
+    _millisecond = (ms, text)
+    return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -78,6 +86,40 @@ _pid = os.getpid()
 def _forked() -> None:
     global _pid
     _pid = os.getpid()
+    _heads.clear()
+
+
+# What a request line has after its timestamp up to its request id, by logger: the same each time.
+_heads: dict[str, str] = {}
+# Strings as they appear in a line, quoted and redacted: a request line repeats its method, path,
+# address and field values from one request to the next. Bounded, so random paths cannot grow it.
+_quoted: dict[str, str] = {}
+QUOTED_REMEMBERED = 1024
+
+
+def _quote_redacted(text: str) -> str:
+    """``text`` as a JSON string, with any credential in it masked. Masking each value by itself is
+    masking the line: no credential pattern matches across a quote (server.logs._CREDENTIALS)."""
+    quoted = _quoted.get(text)
+    if quoted is None:
+        if len(_quoted) >= QUOTED_REMEMBERED:
+            _quoted.clear()
+        quoted = _quoted[text] = redact(_quote(text))
+    return quoted
+
+
+def _quote_id(request_id: str) -> str:
+    """A request id as a JSON string: the ids Tessera makes are hex, so most need no escaping."""
+    if request_id.isascii() and request_id.isalnum():
+        return f'"{request_id}"'  # letters and digits only: nothing to escape, nothing to mask
+    return redact(_quote(request_id))
+
+
+def _head(logger: str) -> str:
+    head = _heads.get(logger)
+    if head is None:
+        head = _heads[logger] = f'"level":"info","logger":{_quote(logger)},"pid":{_pid},"msg":"request","request_id":'
+    return head
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -86,7 +128,7 @@ os.register_at_fork(after_in_child=_forked)
 def _json_value(value: Any) -> str:
     kind = type(value)
     if kind is str:
-        return _quote(value)
+        return _quote_redacted(value)
     if kind is int or kind is float:
         return repr(value)
     return json.dumps(value, default=str, separators=(",", ":"))
@@ -123,16 +165,16 @@ class JsonLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self, now: float, logger: str, request_id: str, method: str, path: str, status: int, duration_ms: float,
         remote: str | None, fields: dict[str, Any],
     ) -> str:
-        """The fields every request has put in place by one format, then ``fields``."""
+        """The fields every request has, then ``fields``: each value quoted and masked by itself,
+        the ones that repeat (method, path, address, field values) from a small cache."""
         line = (
-            f'{{"ts":"{_timestamp(now)}","level":"info","logger":{_quote(logger)},"pid":{_pid},'
-            f'"msg":"request","request_id":{_quote(request_id)},"method":{_quote(method)},"path":{_quote(path)},'
-            f'"status":{int(status)},"duration_ms":{float(duration_ms)!r},'
-            f'"remote":{"null" if remote is None else _quote(remote)}'
+            f'{{"ts":"{_timestamp(now)}",{_head(logger)}{_quote_id(request_id)},"method":{_quote_redacted(method)},'
+            f'"path":{_quote_redacted(path)},"status":{status},"duration_ms":{duration_ms!r},'
+            f'"remote":{"null" if remote is None else _quote_redacted(remote)}'
         )
         if fields:
-            line += "".join([f",{_quote(key)}:{_json_value(value)}" for key, value in fields.items()])
-        return redact(line + "}") + self.terminator
+            line += "".join([f",{_quote_redacted(key)}:{_json_value(value)}" for key, value in fields.items()])
+        return line + "}" + self.terminator
 
     def _write_lines(self, pending: list[tuple[Any, ...]]) -> None:
         line = self._request_line

@@ -122,8 +122,16 @@ def test_the_request_line_shortcut_writes_what_the_formatter_would():
 
     from server.logs import JsonFormatter, JsonLineHandler
 
-    for remote, extra in (("127.0.0.1", {"client_id": "svc", "grant_type": "password"}), (None, {})):
-        fields = {"request_id": "r1", "method": "GET", "path": '/x/"\u00e9/eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzdmMifQ.c2ln',
+    jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzdmMifQ.c2ln"
+    cases = (
+        ("r1", "127.0.0.1", {"client_id": "svc", "grant_type": "password"}),
+        ("r1", None, {}),
+        # Each value is masked by itself (and remembered): a credential in any of them is masked
+        # exactly as the formatter masks it in the whole line.
+        (jwt, "127.0.0.1", {"client_id": f"tsc_{'b' * 20}", "grant_type": "https://u:hunter2@x/", "n": 3}),
+    )
+    for request_id, remote, extra in cases:
+        fields = {"request_id": request_id, "method": "GET", "path": f'/x/"\u00e9/{jwt}',
                   "status": 200, "duration_ms": 1.5, "remote": remote, **extra}
         stream = io.StringIO()
         JsonLineHandler(stream).write_request("tessera.http", *list(fields.values())[:6], extra)
@@ -134,6 +142,31 @@ def test_the_request_line_shortcut_writes_what_the_formatter_would():
         assert {k: v for k, v in shortcut.items() if k != "ts"} == {k: v for k, v in formatted.items() if k != "ts"}
         assert list(shortcut) == list(formatted)
         assert "[redacted]" in shortcut["path"]
+        assert "eyJ" not in stream.getvalue() and "tsc_bbbb" not in stream.getvalue() and "hunter2" not in stream.getvalue()
+
+
+def test_the_request_lines_timestamp_is_the_formatters_to_the_millisecond():
+    import time
+
+    from server.logs import _timestamp
+
+    for now in (1_700_000_000.0, 1_700_000_000.0004, 1_700_000_000.9996, 1_700_000_001.0, 1_700_000_059.999, 1_700_000_060.25):
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(now))) + f".{int(now * 1000) % 1000:03d}Z"
+        assert _timestamp(now) == expected
+        assert _timestamp(now) == expected  # the second call is the remembered one
+
+
+def test_the_remembered_quoted_values_stay_bounded():
+    import io
+
+    from server import logs
+
+    handler = logs.JsonLineHandler(io.StringIO())
+    for n in range(3 * logs.QUOTED_REMEMBERED):
+        handler.write_request("tessera.http", "r", "GET", f"/random/{n}", 404, 0.1, "127.0.0.1", {})
+    handler.flush()
+    assert len(logs._quoted) <= logs.QUOTED_REMEMBERED
+    assert handler.stream.getvalue().count("\n") == 3 * logs.QUOTED_REMEMBERED
 
 
 async def test_request_lines_of_one_turn_of_the_loop_go_in_one_write_and_keep_their_order():
