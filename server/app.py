@@ -21,7 +21,7 @@ from server.grants import GrantServices, default_grants
 from server.key_scheduler import KeyScheduler, key_lifecycle
 from server.limits import DEADLINES, connection_limits, deadlines
 from server.metrics import METRICS, Metrics
-from server.middleware import error_middleware, hide_server_version
+from server.middleware import hide_server_version
 from server.passwords import SecretHasher
 from server.revocation import endpoint_metadata
 from server.services import SERVICES, Services
@@ -38,16 +38,13 @@ log = logging.getLogger("tessera")
 
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
-    app = web.Application(
-        middlewares=[error_middleware],
-        client_max_size=settings.max_body_bytes,
-        handler_args=connection_limits(settings),
-    )
+    # No middleware: each route is wrapped instead (server.middleware.answering, server.views).
+    app = web.Application(client_max_size=settings.max_body_bytes, handler_args=connection_limits(settings))
     app[METRICS] = Metrics.for_this_process()
     app[DEADLINES] = deadlines(settings)
     hide_server_version()
     install_cors(app, settings.cors_origins)
-    add_routes(app)
+    add_routes(app, app[METRICS], settings.cors_origins)
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         with metrics.bound(app[METRICS]):

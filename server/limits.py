@@ -131,7 +131,7 @@ def deadlines(settings: Settings) -> Deadlines:
 
 
 def with_deadline(handler: Handler) -> Handler:
-    """Bounds an endpoint's handling; a ``TimeoutError`` leaves it for ``error_middleware`` (503).
+    """Bounds an endpoint's handling; a ``TimeoutError`` leaves it for ``server.middleware.answering`` (503).
 
     Only the endpoints that take a body (the POST ones) get a clock: the GET endpoints answer from
     memory (the JWKS, metadata, health) or bound their one query themselves (/readyz), and anything

@@ -157,8 +157,8 @@ class JsonLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         remote: str | None, fields: dict[str, Any],
     ) -> None:
         """The INFO line ``request`` with these fields and then ``fields``, as ``JsonFormatter``
-        would write it, timed now and formatted at the end of this turn of the loop (so ``fields``
-        must not change after this call)."""
+        would write it (``duration_ms`` to two decimals), timed now and formatted at the end of
+        this turn of the loop (so ``fields`` must not change after this call)."""
         self._pending.add((time.time(), logger, request_id, method, path, status, duration_ms, remote, fields))
 
     def _request_line(
@@ -169,7 +169,7 @@ class JsonLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         the ones that repeat (method, path, address, field values) from a small cache."""
         line = (
             f'{{"ts":"{_timestamp(now)}",{_head(logger)}{_quote_id(request_id)},"method":{_quote_redacted(method)},'
-            f'"path":{_quote_redacted(path)},"status":{status},"duration_ms":{duration_ms!r},'
+            f'"path":{_quote_redacted(path)},"status":{status},"duration_ms":{duration_ms:.2f},'
             f'"remote":{"null" if remote is None else _quote_redacted(remote)}'
         )
         if fields:

@@ -16,9 +16,10 @@ from server.errors import InvalidRequest, UnauthorizedClient, UnsupportedGrantTy
 from server.forms import read_form
 from server.grants import TokenRequest
 from server.introspection import Introspection
-from server.metrics import CONTENT_TYPE, METRICS
+from server.metrics import CONTENT_TYPE, METRICS, Metrics
 from server.limits import client_address, with_deadline
-from server.middleware import LOG_FIELDS, NO_STORE, json_response
+from server.cors import preflight_answer
+from server.middleware import LOG_FIELDS, NO_STORE, Handler, answering, json_response
 from server.revocation import Revocation
 from server.services import SERVICES
 from server.store import Client
@@ -160,17 +161,50 @@ def openapi_view(document: bytes) -> Callable[[web.Request], Awaitable[web.Respo
     return openapi
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/token", with_deadline(token))
-    app.router.add_post("/revoke", with_deadline(revoke))
-    app.router.add_post("/introspect", with_deadline(introspect))
-    app.router.add_get("/.well-known/jwks.json", jwks)
-    app.router.add_get("/.well-known/oauth-authorization-server", metadata)
-    app.router.add_get("/.well-known/openid-configuration", metadata)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/openapi.json", openapi_view(OPENAPI_DOCUMENT.read_bytes()))
+def _not_routed(endpoints: dict[str, tuple[str, ...]], cors_origins: frozenset[str]) -> Handler:
+    """What answers a request no endpoint takes: a CORS preflight (when origins are configured),
+    405 with ``Allow`` on a known path, 404 anywhere else."""
+
+    async def not_routed(request: web.Request) -> web.StreamResponse:
+        preflight = preflight_answer(request, cors_origins)
+        if preflight is not None:
+            return preflight
+        allowed = endpoints.get(request.path)
+        if allowed is not None:
+            raise web.HTTPMethodNotAllowed(request.method, allowed)
+        raise web.HTTPNotFound()
+
+    return not_routed
+
+
+def add_routes(app: web.Application, series: Metrics, cors_origins: frozenset[str] = frozenset()) -> None:
+    """Each endpoint wrapped by ``answering`` (its answer, request id, log line and metrics), then a
+    route on each path for the methods it does not take and a catch-all for every other path, so
+    that every request the application sees is answered the same way."""
+    routes: dict[str, dict[str, Handler]] = {
+        "/token": {"POST": with_deadline(token)},
+        "/revoke": {"POST": with_deadline(revoke)},
+        "/introspect": {"POST": with_deadline(introspect)},
+        "/.well-known/jwks.json": {"GET": jwks},
+        "/.well-known/oauth-authorization-server": {"GET": metadata},
+        "/.well-known/openid-configuration": {"GET": metadata},
+        "/healthz": {"GET": healthz},
+        "/readyz": {"GET": readyz},
+        "/metrics": {"GET": metrics},
+        "/openapi.json": {"GET": openapi_view(OPENAPI_DOCUMENT.read_bytes())},
+    }
+    # A GET endpoint answers HEAD too, as aiohttp's add_get does.
+    endpoints = {path: tuple(sorted({*methods, *(["HEAD"] if "GET" in methods else [])})) for path, methods in routes.items()}
+    not_routed = answering("unmatched", _not_routed(endpoints, cors_origins), series)
+    for path, methods in routes.items():
+        resource = app.router.add_resource(path)
+        for method, handler in methods.items():
+            answered = answering(path, handler, series)
+            resource.add_route(method, answered)
+            if method == "GET":
+                resource.add_route("HEAD", answered)
+        resource.add_route("*", not_routed)
+    app.router.add_route("*", "/{tail:.*}", not_routed)
 
 
 __all__ = ["NO_STORE", "add_routes", "metadata_document"]

@@ -143,3 +143,37 @@ def test_hardening_defaults(tmp_path):
     assert settings.client_timeout == 15.0 and settings.db_startup_wait == 30.0
     # The contract's promises hold with the defaults: answers within 10 s, slow clients dropped within 30 s.
     assert settings.db_statement_timeout + 2 <= 10 and settings.client_timeout <= 30
+
+
+async def test_every_routing_outcome_is_answered_with_its_request_id_and_counted(cors_client):
+    """Endpoints, the methods they do not take, unknown paths and preflights all pass through the
+    same wrapper (server.middleware.answering): request id, headers, JSON errors, one count each."""
+    from tests.processes import parse_metrics, sample
+
+    preflight = {"Origin": APP_ORIGIN, "Access-Control-Request-Method": "GET"}
+    cases = [
+        ("GET", "/.well-known/jwks.json", {}, 200, None),
+        ("HEAD", "/.well-known/jwks.json", {}, 200, None),
+        ("GET", "/token", {}, 405, "POST"),
+        ("DELETE", "/.well-known/jwks.json", {}, 405, "GET,HEAD"),
+        ("GET", "/token/", {}, 404, None),
+        ("POST", "/nowhere/at/all", {}, 404, None),
+        ("OPTIONS", "/.well-known/jwks.json", preflight, 204, None),
+        ("OPTIONS", "/.well-known/anything-else", preflight, 204, None),  # as before: the whole /.well-known/
+    ]
+    for method, path, headers, status, allow in cases:
+        response = await cors_client.request(method, path, headers={**headers, "X-Request-Id": f"t-{method}-{status}"})
+        assert response.status == status, (method, path)
+        assert response.headers["X-Request-Id"] == f"t-{method}-{status}", (method, path)
+        assert response.headers["X-Content-Type-Options"] == "nosniff" and response.headers["Server"] == "tessera"
+        if allow is not None:
+            assert response.headers["Allow"] == allow
+        if status >= 400 and method != "HEAD":
+            assert (await response.json())["error"] in ("invalid_request", "not_found")
+    m = parse_metrics(await (await cors_client.get("/metrics")).text())
+    assert sample(m, "tessera_http_requests_total", endpoint="/.well-known/jwks.json", method="GET", status="200") == 1
+    assert sample(m, "tessera_http_requests_total", endpoint="/.well-known/jwks.json", method="HEAD", status="200") == 1
+    assert sample(m, "tessera_http_requests_total", endpoint="unmatched", method="GET", status="405") == 1
+    assert sample(m, "tessera_http_requests_total", endpoint="unmatched", method="DELETE", status="405") == 1
+    assert sample(m, "tessera_http_requests_total", endpoint="unmatched", method="OPTIONS", status="204") == 2
+    assert sample(m, "tessera_oauth_errors_total", endpoint="unmatched", error="not_found") == 2

@@ -34,7 +34,8 @@ CONTRACT_PATHS = {
 def _served_paths() -> set[str]:
     """What this build serves; endpoints of the contract not built yet are left out of the run."""
     app = create_app(load_settings({}, require_kek=False))
-    return {resource.canonical for resource in app.router.resources()}
+    # Less the catch-all route that answers every other path with 404 (server.views.add_routes).
+    return {resource.canonical for resource in app.router.resources() if "{" not in resource.canonical}
 
 
 CHECKS = SchemathesisConfig.from_dict({
