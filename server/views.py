@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import cast
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from server import events
 from server.errors import InvalidRequest, UnauthorizedClient, UnsupportedGrantType
@@ -84,20 +85,36 @@ async def introspect(request: web.Request) -> web.Response:
     return json_response(await introspection.introspect(client, token))
 
 
+class _JwksHeaders:
+    """The JWKS answer's headers, made once per key set (its ETag) rather than per request."""
+
+    def __init__(self) -> None:
+        self._made: tuple[str, int, CIMultiDict[str], CIMultiDict[str]] | None = None
+
+    def __call__(self, etag: str, max_age: int) -> tuple[CIMultiDict[str], CIMultiDict[str]]:
+        """(the 200's headers, the 304's): a copy is made for each answer by web.Response."""
+        made = self._made
+        if made is None or made[0] != etag or made[1] != max_age:
+            common = {"Cache-Control": f"public, max-age={max_age}", "ETag": etag}
+            made = self._made = (etag, max_age, CIMultiDict({**common, "Content-Type": "application/jwk-set+json"}),
+                                 CIMultiDict(common))
+        return made[2], made[3]
+
+
+_jwks_headers = _JwksHeaders()
+
+
 async def jwks(request: web.Request) -> web.Response:
     """The key set, from memory: public members only, with a strong ETag."""
     services = request.app[SERVICES]
     snapshot = services.keyring.snapshot
-    headers = {
-        "Cache-Control": f"public, max-age={services.settings.jwks_max_age}",
-        "ETag": snapshot.etag,
-    }
+    headers, not_modified = _jwks_headers(snapshot.etag, services.settings.jwks_max_age)
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match is not None:
         tags = {tag.strip() for tag in if_none_match.split(",")}
         if snapshot.etag in tags or "*" in tags:
-            return web.Response(status=304, headers=headers)
-    return web.Response(body=snapshot.jwks_body, content_type="application/jwk-set+json", headers=headers)
+            return web.Response(status=304, headers=not_modified)
+    return web.Response(body=snapshot.jwks_body, headers=headers)
 
 
 async def metadata(request: web.Request) -> web.Response:

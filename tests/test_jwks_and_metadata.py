@@ -56,10 +56,13 @@ async def test_jwks_etag_answers_304(client):
     first = await client.get("/.well-known/jwks.json")
     etag = first.headers["ETag"]
     assert etag.startswith('"') and not etag.startswith('W/')
+    assert first.headers["Content-Type"] == "application/jwk-set+json"
     second = await client.get("/.well-known/jwks.json", headers={"If-None-Match": etag})
-    assert second.status == 304
+    assert second.status == 304 and await second.read() == b""
+    assert second.headers["ETag"] == etag and second.headers["Cache-Control"] == first.headers["Cache-Control"]
     third = await client.get("/.well-known/jwks.json", headers={"If-None-Match": '"other"'})
     assert third.status == 200
+    assert third.headers["Content-Type"] == "application/jwk-set+json" and await third.read() == await first.read()
 
 
 async def test_a_restart_keeps_the_same_kid(settings, clock, admin):
