@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 from aiohttp import web, web_response
+from multidict import CIMultiDict
 
 from keys import compact_json
 from server.errors import MethodNotAllowed, NotFound, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
@@ -82,16 +83,16 @@ def _request_id(request: web.Request) -> str:
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+# Every JSON answer's headers, made once; web.Response copies them into its own map (a C-level copy).
+_JSON_HEADERS: CIMultiDict[str] = CIMultiDict({**NO_STORE, "Content-Type": "application/json"})
+
+
 def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    merged = dict(NO_STORE)
+    merged = _JSON_HEADERS
     if headers:
+        merged = _JSON_HEADERS.copy()
         merged.update(headers)
-    return web.Response(
-        body=compact_json.dumps(body).encode(),
-        status=status,
-        content_type="application/json",
-        headers=merged,
-    )
+    return web.Response(body=compact_json.dumps(body).encode(), status=status, headers=merged)
 
 
 def error_response(error: OAuthError) -> web.Response:
