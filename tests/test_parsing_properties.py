@@ -41,6 +41,29 @@ def test_any_body_parses_or_is_an_oauth_error(body):
     assert all(len(value) <= MAX_VALUE_LENGTH and "\x00" not in value for value in form.values())
 
 
+@settings(max_examples=2000, deadline=None)
+@given(form_bytes.map(lambda b: b.decode("ascii", "replace").replace("\ufffd", "?")))
+@example("a=b=c&&=x&y&+%2B=%20+")
+@example("&".join(["p=1"] * MAX_PARAMETERS) + "&")
+@example("&".join(["p=1"] * MAX_PARAMETERS) + "&&")
+@example("a=%C3")
+def test_the_form_is_split_and_decoded_as_parse_qsl_does(text):
+    """server.forms reads pairs without urllib's per-parameter work, and must read exactly what
+    urllib.parse.parse_qsl reads (or refuse exactly what it refuses)."""
+    from urllib.parse import parse_qsl
+
+    from server.forms import _pairs
+
+    def outcome(parse):
+        try:
+            return parse(text)
+        except (ValueError, UnicodeDecodeError) as error:
+            return type(error)
+
+    expected = outcome(lambda t: parse_qsl(t, keep_blank_values=True, max_num_fields=MAX_PARAMETERS, errors="strict"))
+    assert outcome(_pairs) == expected
+
+
 @EXAMPLES
 @given(st.dictionaries(names, printable, max_size=MAX_PARAMETERS))
 def test_what_a_client_encodes_is_what_the_server_reads(params):
