@@ -13,7 +13,6 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 
 import asyncpg
 from aiohttp import web, web_response
@@ -21,12 +20,11 @@ from multidict import CIMultiDict
 
 from keys import compact_json
 from server.errors import MethodNotAllowed, NotFound, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
+from server.limits import Handler
 from server.logs import fast_line_handler
 from server.metrics import Metrics
 
 log = logging.getLogger("tessera.http")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # The request's client and grant, for the log line; set by the endpoints that know them.
 LOG_FIELDS = web.RequestKey("log_fields", dict)

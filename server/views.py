@@ -4,6 +4,7 @@ pick the grant, validate, issue."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,9 +19,9 @@ from server.forms import read_form
 from server.grants import TokenRequest
 from server.introspection import Introspection
 from server.metrics import CONTENT_TYPE, METRICS, Metrics
-from server.limits import client_address, with_deadline
+from server.limits import Handler, client_address, with_deadline
 from server.cors import preflight_answer
-from server.middleware import LOG_FIELDS, NO_STORE, Handler, answering, json_response
+from server.middleware import LOG_FIELDS, NO_STORE, answering, json_response
 from server.revocation import Revocation
 from server.services import SERVICES
 from server.store import Client
@@ -85,23 +86,12 @@ async def introspect(request: web.Request) -> web.Response:
     return json_response(await introspection.introspect(client, token))
 
 
-class _JwksHeaders:
-    """The JWKS answer's headers, made once per key set (its ETag) rather than per request."""
-
-    def __init__(self) -> None:
-        self._made: tuple[str, int, CIMultiDict[str], CIMultiDict[str]] | None = None
-
-    def __call__(self, etag: str, max_age: int) -> tuple[CIMultiDict[str], CIMultiDict[str]]:
-        """(the 200's headers, the 304's): a copy is made for each answer by web.Response."""
-        made = self._made
-        if made is None or made[0] != etag or made[1] != max_age:
-            common = {"Cache-Control": f"public, max-age={max_age}", "ETag": etag}
-            made = self._made = (etag, max_age, CIMultiDict({**common, "Content-Type": "application/jwk-set+json"}),
-                                 CIMultiDict(common))
-        return made[2], made[3]
-
-
-_jwks_headers = _JwksHeaders()
+@functools.lru_cache(maxsize=8)
+def _jwks_headers(etag: str, max_age: int) -> tuple[CIMultiDict[str], CIMultiDict[str]]:
+    """The JWKS answer's headers, the 200's and the 304's, made once per key set (its ETag) rather
+    than per request; web.Response copies them for each answer."""
+    common = {"Cache-Control": f"public, max-age={max_age}", "ETag": etag}
+    return CIMultiDict({**common, "Content-Type": "application/jwk-set+json"}), CIMultiDict(common)
 
 
 async def jwks(request: web.Request) -> web.Response:
