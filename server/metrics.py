@@ -107,8 +107,8 @@ class Metrics:
         )
         # What this turn of the event loop counted, written to the series at its end (``count``).
         self._counts: dict[tuple[Counter, tuple[Any, ...]], float] = {}
-        self._children: dict[tuple[Counter, tuple[Any, ...]], Any] = {}
-        self._durations: dict[tuple[str, str], Any] = {}
+        # The labelled children, looked up once per (series, labels): bounded by the routes and clients.
+        self._children: dict[tuple[Any, tuple[Any, ...]], Any] = {}
         self._in_flight = 0
         self._in_flight_written = 0
         self._turn: EndOfTurn[tuple[str, str, int, float, str | None]] = EndOfTurn(self._settle_turn)
@@ -149,27 +149,24 @@ class Metrics:
         counts[key] = counts.get(key, 0.0) + amount
         self._turn.mark()
 
+    def _child(self, key: tuple[Any, tuple[Any, ...]]) -> Any:
+        child = self._children.get(key)
+        if child is None:
+            series, labels = key
+            child = self._children[key] = series.labels(*labels) if labels else series
+        return child
+
     def _settle_turn(self, done: list[tuple[str, str, int, float, str | None]]) -> None:
         counts, self._counts = self._counts, {}
-        durations = self._durations
         for endpoint, method, status, seconds, error in done:
-            # The labelled children, looked up once per (endpoint, method): bounded by the routes.
-            histogram = durations.get((endpoint, method))
-            if histogram is None:
-                histogram = durations[(endpoint, method)] = self.request_seconds.labels(endpoint, method)
-            histogram.observe(seconds)
+            self._child((self.request_seconds, (endpoint, method))).observe(seconds)
             key = (self.requests, (endpoint, method, status))
             counts[key] = counts.get(key, 0.0) + 1.0
             if error is not None:
                 key = (self.oauth_errors, (endpoint, error))
                 counts[key] = counts.get(key, 0.0) + 1.0
-        children = self._children
         for key, amount in counts.items():
-            child = children.get(key)
-            if child is None:
-                counter, labels = key
-                child = children[key] = counter.labels(*labels) if labels else counter
-            child.inc(amount)
+            self._child(key).inc(amount)
         if self._in_flight != self._in_flight_written:
             self.in_flight.set(self._in_flight)
             self._in_flight_written = self._in_flight
