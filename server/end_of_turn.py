@@ -32,8 +32,9 @@ class EndOfTurn(Generic[T]):
         self._process = process
         self._lock = lock
         self._items: list[T] = []
-        self._due = False  # process is owed: an item was added or ``mark`` called since the last flush
-        self._scheduled = False  # a flush is scheduled for the end of this turn
+        # A flush is scheduled for the end of this turn: an item was added or ``mark`` called since
+        # the last flush, so ``process`` is owed even with no item.
+        self._scheduled = False
 
     def add(self, item: T) -> None:
         # The unlocked path is the one every request takes: no context manager, one append.
@@ -53,18 +54,21 @@ class EndOfTurn(Generic[T]):
             self._schedule()
 
     def _schedule(self) -> None:
-        self._due = True
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self.flush()
+            self._flush(due=True)
             return
         self._scheduled = True
         loop.call_soon(self.flush)
 
     def flush(self) -> None:
+        self._flush(due=False)
+
+    def _flush(self, due: bool) -> None:
         with self._lock if self._lock is not None else contextlib.nullcontext():
             items, self._items = self._items, []
-            due, self._due, self._scheduled = self._due or bool(items), False, False
+            due = due or self._scheduled or bool(items)
+            self._scheduled = False
             if due:
                 self._process(items)
