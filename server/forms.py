@@ -58,9 +58,9 @@ def _check_content_type(request: web.Request) -> None:
 
 def _pairs(text: str) -> list[tuple[str, str]]:
     """``urllib.parse.parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_PARAMETERS,
-    errors="strict")``, pair for pair (tests/test_forms.py checks it against parse_qsl), but without
-    its per-parameter work where there is nothing to decode: a token request's form, a few plain
-    ``name=value`` pairs, took 6 us in parse_qsl and takes about 1 here.
+    errors="strict")``, pair for pair (tests/test_parsing_properties.py checks it against
+    parse_qsl), but without its per-parameter work where there is nothing to decode: with it,
+    ``parse_form`` took 10 us for a client_credentials body; with this, 4.9 us.
 
     Raises ValueError past MAX_PARAMETERS and UnicodeDecodeError for percent-encoding that is
     not UTF-8, as parse_qsl does.
