@@ -32,7 +32,7 @@ class Signer:
         self.kid = kid
         # RFC 9068 section 2.1: typ "at+jwt" so that an access token cannot pass for an ID token.
         header = {"alg": alg, "kid": kid, "typ": "at+jwt"}
-        self._header_b64 = b64url(_dumps(header).encode()) + b"."
+        self._header_b64 = b64url(_dumps(header)) + b"."
         self._sign = self._primitive(alg, private_key)
         # RSA takes milliseconds per signature: the caller runs it off the event loop.
         self.blocking = alg in ("RS256", "PS256")
@@ -64,5 +64,5 @@ class Signer:
         raise ValueError(f"unsupported signing algorithm {alg!r}")
 
     def sign(self, claims: dict[str, Any]) -> str:
-        signing_input = self._header_b64 + b64url(_dumps(claims).encode())
+        signing_input = self._header_b64 + b64url(_dumps(claims))
         return (signing_input + b"." + b64url(self._sign(signing_input))).decode("ascii")

@@ -90,7 +90,7 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
     if headers:
         merged = _JSON_HEADERS.copy()
         merged.update(headers)
-    return web.Response(body=compact_json.dumps(body).encode(), status=status, headers=merged)
+    return web.Response(body=compact_json.dumps(body), status=status, headers=merged)
 
 
 def error_response(error: OAuthError) -> web.Response:
