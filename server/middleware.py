@@ -93,10 +93,15 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
     return web.Response(body=compact_json.dumps(body), status=status, headers=merged)
 
 
+# RFC 6749 section 5.2: error_description is printable ASCII without '"' and '\\'.
+_OUTSIDE_DESCRIPTION = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
 def error_response(error: OAuthError) -> web.Response:
-    return json_response(
-        {"error": error.error, "error_description": error.description}, error.status, error.headers()
-    )
+    """The section 5.2 body. A description may quote the request (a repeated parameter's name), so
+    any character the section does not allow in it becomes ``?``."""
+    description = _OUTSIDE_DESCRIPTION.sub("?", error.description)
+    return json_response({"error": error.error, "error_description": description}, error.status, error.headers())
 
 
 def _from_http_exception(exc: web.HTTPException) -> OAuthError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 
@@ -43,7 +44,14 @@ BAD_BODIES = [
     ("charset latin1", b"grant_type=client_credentials", {"Content-Type": "application/x-www-form-urlencoded; charset=latin1"}, 400),
     ("too many parameters", b"&".join(b"p%d=1" % i for i in range(200)), None, 400),
     ("overlong value", b"grant_type=client_credentials&scope=" + b"a" * 5000, None, 400),
+    # The parameter's name goes into the description, which RFC 6749 section 5.2 limits to
+    # printable ASCII without '"' and '\\'.
+    ("repeated non-ascii name", b"grant_type=client_credentials&sc%C3%B6pe=1&sc%C3%B6pe=2", None, 400),
+    ("repeated name with quotes", b"grant_type=client_credentials&a%27%22%5Cb=1&a%27%22%5Cb=2", None, 400),
 ]
+
+# RFC 6749 section 5.2: error_description is %x20-21 / %x23-5B / %x5D-7E.
+DESCRIPTION_CHARACTERS = re.compile(r"^[\x20\x21\x23-\x5b\x5d-\x7e]*$")
 
 
 @pytest.mark.parametrize("name,body,headers,expected", BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
@@ -55,6 +63,7 @@ async def test_bad_request_gets_an_rfc6749_error_and_changes_nothing(client, sna
     payload = await response.json(content_type=None)
     assert set(payload) == {"error", "error_description"}
     assert payload["error"] in {"invalid_request", "invalid_scope", "unsupported_grant_type", "invalid_grant"}
+    assert DESCRIPTION_CHARACTERS.match(payload["error_description"]), payload["error_description"]
     assert response.headers["Cache-Control"] == "no-store"
     assert await snapshot() == before
 
