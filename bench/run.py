@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -54,6 +55,20 @@ def free_port() -> int:
 
 def pinned(cpu: str | None) -> list[str]:
     return ["taskset", "-c", cpu] if cpu and shutil.which("taskset") else []
+
+
+@contextlib.contextmanager
+def on_cpu(cpu: int | None) -> Any:
+    """This process on ``cpu`` alone for the block (no pinning when None), then where it was."""
+    if cpu is None:
+        yield
+        return
+    everywhere = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, everywhere)
 
 
 class Server:
@@ -195,6 +210,10 @@ def argon2_limit() -> dict[str, float]:
     return {"argon2_verify_ms": median * 1000, "argon2_verify_per_s": 1 / median, "argon2_profile": profile}
 
 
+# Verifications timed before the password run, and again after it.
+ARGON2_AROUND = 8
+
+
 def argon2_limit_around(cpu: str | None, run: Any) -> dict[str, Any]:
     """``run()``'s result, with the argon2 limit measured right before and right after it, on the
     server's core in mode 1p. The password figure is compared with this rather than with the limit
@@ -202,14 +221,8 @@ def argon2_limit_around(cpu: str | None, run: Any) -> dict[str, Any]:
     ``make bench``, which moved the ratio by as much (session 4)."""
     def timed() -> list[float]:
         time.sleep(1.0)  # the logins still queued when wrk stopped are done by then
-        if cpu is None:
-            return argon2_times(8)[0]
-        everywhere = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {int(cpu)})
-        try:
-            return argon2_times(8)[0]
-        finally:
-            os.sched_setaffinity(0, everywhere)
+        with on_cpu(None if cpu is None else int(cpu)):
+            return argon2_times(ARGON2_AROUND)[0]
 
     before = timed()
     result = run()
@@ -402,7 +415,7 @@ def report(data: dict[str, Any]) -> str:
         f"{limits['tessera_signer_per_s']:,.0f}/s (ratio {limits['tessera_signer_per_s'] / limits['raw_es256_sign_per_s']:.2f})",
         f"- argon2id verify at {limits['argon2_profile']}: {limits['argon2_verify_ms']:.1f} ms "
         f"({limits['argon2_verify_per_s']:.1f}/s per core) at the start; the password rows' limit is the median"
-        f" of 16 verifications taken just before and after their run (ms, before/after: "
+        f" of {2 * ARGON2_AROUND} verifications taken just before and after their run (ms, before/after: "
         + ", ".join(f"{mode} {'/'.join(map(str, results['password']['argon2_verify_ms_around']))}"
                     for mode, results in data["tessera"].items() if "argon2_verify_ms_around" in results.get("password", {}))
         + ")",
@@ -441,9 +454,8 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
-    os.sched_setaffinity(0, {1} if os.cpu_count() and os.cpu_count() > 1 else {0})
-    limits = {**signing_limits(1.0), **argon2_limit()}
-    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    with on_cpu(1 if (os.cpu_count() or 1) > 1 else 0):
+        limits = {**signing_limits(1.0), **argon2_limit()}
     modes = [m for m in args.modes.split(",") if m]
     endpoints = [e for e in args.endpoints.split(",") if e]
     data: dict[str, Any] = {

@@ -29,10 +29,11 @@ def test_answers_are_encoded_as_json_dumps_would(body):
 
 # Lone surrogates cannot be written as UTF-8 at all (and never reach an answer: forms are decoded
 # strictly); every other character can.
-_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)))
+_characters = st.characters(blacklist_categories=("Cs",))
+_text = st.text(alphabet=_characters)
 _scalars = st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80) | _text
 _values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=8), inner, max_size=4), max_leaves=12)
+    st.text(alphabet=_characters, max_size=8), inner, max_size=4), max_leaves=12)
 
 
 @settings(max_examples=1500, deadline=None)
