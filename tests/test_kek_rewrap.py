@@ -67,7 +67,10 @@ async def test_the_documented_kek_change_keeps_every_instance_signing(env, clock
         assert _opens(new, blobs) == set(blobs) and not _opens(old, blobs)
         await _signs(during)
         # A rotation after the rewrap makes its key under the new KEK (it follows the active key).
-        clock.advance(3601)
+        # 120 s: past the next key's publication (61 s), and well short of the rotation interval
+        # (3,600 s), so that the scheduler inside `during` does not rotate in the same moment and
+        # leave this rotation to lose the race (KeySetChanged).
+        clock.advance(120)
         async with lifecycle_on(env, clock, **transition) as lifecycle:
             made_after = (await lifecycle.rotate()).next_key.kid
         assert made_after in _opens(new, await _blobs(db_conn))
