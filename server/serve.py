@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -69,6 +70,23 @@ def serve(settings: Settings) -> int:
 # --- one serving process ------------------------------------------------------------------------
 
 
+def settle_heap() -> int:
+    """Once started (modules, app, pool, keys, caches all made): collect once, then freeze what is
+    left, so that the collector's full passes no longer walk it (``gc.freeze``, Python 3.7+: "to
+    speed up collection", CPython bpo-31558). Returns the number of objects frozen.
+
+    Measured at 64 connections of client_credentials on one core: without it the process made
+    about one full collection a second over some 63,000 objects, each about 19 ms during which no
+    request moved (a stall every request in flight feels at its p99), together about 1.5% of the
+    CPU; with it a full pass walks some 6,000 objects in under 1 ms (docs/performance.md, session
+    6). Reference counting still frees frozen objects; only a reference cycle among them would
+    stay, and they are what the process keeps until it exits anyway.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def run_worker(settings: Settings, *, reuse_port: bool) -> int:
     _install_uvloop()
     return asyncio.run(_serve_until_signalled(settings, reuse_port))
@@ -85,7 +103,8 @@ async def _serve_until_signalled(settings: Settings, reuse_port: bool) -> int:
     try:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port)
         await site.start()
-        log.info("listening", extra={"addresses": [list(a)[:2] for a in runner.addresses]})
+        frozen = settle_heap()
+        log.info("listening", extra={"addresses": [list(a)[:2] for a in runner.addresses], "gc_frozen_objects": frozen})
         await stop.wait()
         app[SERVICES].shutting_down = True  # /readyz: 503 from now on
         log.info(

@@ -196,6 +196,10 @@ async def test_metrics_from_any_worker_add_up_across_workers(processes, env, adm
 
     served_by = {line["pid"] for line in server.log_lines() if line.get("path") == "/token"}
     assert len(served_by) == 2 and served_by == set(worker_pids(server.log_lines()).values())
+    # Each worker froze its start-up heap (server.serve.settle_heap): tens of thousands of objects
+    # that its full collections no longer walk.
+    frozen = [line["gc_frozen_objects"] for line in server.log_lines() if line.get("msg") == "listening"]
+    assert len(frozen) == 2 and min(frozen) > 10_000, frozen
     assert server.stop() == 0
     stopped = {line["pid"] for line in server.log_lines() if line.get("msg") == "stopped"}
     assert stopped == served_by
