@@ -565,8 +565,23 @@ def fail(message: str, status: int = 1) -> NoReturn:
     raise SystemExit(status)
 
 
+# A kid is an RFC 7638 thumbprint in base64url, so one in 64 begins with "-", and argparse would read
+# it as an option ("the following arguments are required: KID"). After `keys revoke`, a word that is
+# not one of that command's own options is the KID, and goes after "--" so argparse takes it as one.
+_KEYS_REVOKE_OPTIONS = frozenset({"-h", "--help", "--json"})
+
+
+def _dash_safe(argv: list[str]) -> list[str]:
+    if argv[:2] != ["keys", "revoke"]:
+        return argv
+    words = argv[2:]
+    options = [word for word in words if word in _KEYS_REVOKE_OPTIONS]
+    kids = [word for word in words if word not in _KEYS_REVOKE_OPTIONS and word != "--"]
+    return ["keys", "revoke", *options, "--", *kids]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_dash_safe(list(sys.argv[1:] if argv is None else argv)))
     overrides = {k: getattr(args, k, None) for k in ("host", "port", "workers")}
     try:
         settings = load_settings(require_kek=args.needs_kek, **overrides)

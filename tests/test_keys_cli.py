@@ -54,6 +54,17 @@ async def test_keys_revoke_takes_a_key_out_and_refuses_an_unknown_kid(env, clock
     assert "no-such-kid" in _one_line_refusal(tessera(env, "keys", "revoke", "no-such-kid"))
 
 
+async def test_keys_revoke_reads_a_kid_that_begins_with_a_dash_as_the_kid(env, clock):
+    # One thumbprint in 64 begins with "-"; argparse alone would take it for an option.
+    async with lifecycle_on(env, clock) as lifecycle:
+        await lifecycle.prepare()
+    for argv in (["-no-such-kid"], ["--json", "-no-such-kid"], ["-no-such-kid", "--json"], ["--", "-no-such-kid"]):
+        assert "-no-such-kid" in _one_line_refusal(tessera(env, "keys", "revoke", *argv)), argv
+    assert "-h" in _one_line_refusal(tessera(env, "keys", "revoke", "-hXYZ"))  # not the help flag
+    assert tessera(env, "keys", "revoke", "--help").returncode == 0
+    assert tessera(env, "keys", "revoke").returncode == 2  # still: the KID is required
+
+
 async def test_keys_rewrap_needs_a_different_new_kek_and_can_run_twice(env, clock):
     async with lifecycle_on(env, clock) as lifecycle:
         await lifecycle.prepare()
