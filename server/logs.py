@@ -8,6 +8,7 @@ message) is masked: JWTs, Tessera's ``tsr_``/``tsc_`` tokens, and a password ins
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -134,23 +135,37 @@ def _json_value(value: Any) -> str:
     return json.dumps(value, default=str, separators=(",", ":"))
 
 
+# Request lines wait in memory at most this long, or until this many characters wait, before they
+# are written (JsonLineHandler): a kill -9 can lose that much, a clean stop nothing.
+LOG_FLUSH_SECONDS = 0.02
+LOG_BUFFER_CHARS = 64 * 1024
+
+
 class JsonLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler ``configure`` installs, with a shortcut for the one line every request writes.
 
     ``write_request`` makes the same JSON object ``JsonFormatter`` would (same keys, same redaction)
     without a ``LogRecord`` (its frame lookup and two dozen attributes cost about a tenth of a
     cached token request), assembles it field by field rather than through a dict and
-    ``json.dumps``, and, inside an event loop, writes the lines of one turn of the loop in one
-    ``write``: a system call per request was a tenth of a JWKS request. The lines are also put
-    together at the end of the turn, all at once, from the values noted per request: formatting
-    them in a run, like signing in a run (server.tokens), keeps the code warm in the CPU's caches.
-    Any other record flushes them first, so lines keep their order.
+    ``json.dumps``. Inside an event loop the lines are put together at the end of each turn of
+    the loop, all at once, from the values noted per request: formatting them in a run, like
+    signing in a run (server.tokens), keeps the code warm in the CPU's caches. They are then
+    written in one ``write`` per ``LOG_FLUSH_SECONDS`` or per ``LOG_BUFFER_CHARS``, whichever
+    comes first, as nginx's ``access_log ... buffer= flush=`` does: a system call per request was
+    a tenth of a JWKS request, and one per turn of the loop still about 2% of a token request
+    (docs/performance.md, session 6). Any other record, and ``flush`` (at exit, logging.shutdown
+    calls it), writes them first, so lines keep their order and a clean stop loses none.
     """
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
-        # The values of the request lines still to be written; any thread may flush them.
-        self._pending: EndOfTurn[tuple[Any, ...]] = EndOfTurn(self._write_lines, lock=self.lock)
+        # The values of the request lines still to be formatted; any thread may flush them.
+        self._pending: EndOfTurn[tuple[Any, ...]] = EndOfTurn(self._format_lines, lock=self.lock)
+        # Formatted lines not yet written (under ``self.lock``), and the timer that writes them.
+        self._buffer: list[str] = []
+        self._buffered = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def write_request(
         self, logger: str, request_id: str, method: str, path: str, status: int, duration_ms: float,
@@ -176,13 +191,43 @@ class JsonLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             line += "".join([f",{_quote_redacted(key)}:{_json_value(value)}" for key, value in fields.items()])
         return line + "}" + self.terminator
 
-    def _write_lines(self, pending: list[tuple[Any, ...]]) -> None:
-        line = self._request_line
-        self.stream.write("".join([line(*values) for values in pending]))
-        super().flush()
+    def _format_lines(self, pending: list[tuple[Any, ...]]) -> None:
+        """At the end of a turn of the loop (under ``self.lock``): the turn's lines, into the buffer."""
+        if pending:
+            line = self._request_line
+            text = "".join([line(*values) for values in pending])
+            self._buffer.append(text)
+            self._buffered += len(text)
+        if not self._buffer:
+            return
+        if self._buffered >= LOG_BUFFER_CHARS:
+            self._write_buffer()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not in an event loop (a thread, a CLI command): at once
+            self._write_buffer()
+            return
+        if self._timer is None or self._timer_loop is not loop:
+            self._timer = loop.call_later(LOG_FLUSH_SECONDS, self._flush_on_time)
+            self._timer_loop = loop
+
+    def _flush_on_time(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def _write_buffer(self) -> None:
+        if self._buffer:
+            text = "".join(self._buffer)
+            self._buffer.clear()
+            self._buffered = 0
+            self.stream.write(text)
+            super().flush()
 
     def flush(self) -> None:
         self._pending.flush()
+        with self.lock:
+            self._write_buffer()
 
     def emit(self, record: logging.LogRecord) -> None:
         self.flush()

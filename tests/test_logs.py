@@ -4,13 +4,17 @@ where it does not belong."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import io
 import json
+import logging
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 from keys import kek as kek_box
+from server import logs
 from server.settings import decode_kek
 from tests.helpers import basic
 from tests.processes import cli, free_port, wait_until_ready
@@ -103,8 +107,6 @@ async def test_a_full_flow_leaves_no_secret_token_or_password_in_the_logs(proces
 
 
 def test_a_credential_that_reaches_a_log_line_by_accident_is_masked():
-    import logging
-
     from server.logs import JsonFormatter
 
     jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzdmMifQ.c2lnbmF0dXJl"
@@ -117,9 +119,6 @@ def test_a_credential_that_reaches_a_log_line_by_accident_is_masked():
 
 
 def test_the_request_line_shortcut_writes_what_the_formatter_would():
-    import io
-    import logging
-
     from server.logs import JsonFormatter, JsonLineHandler
 
     jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzdmMifQ.c2ln"
@@ -157,9 +156,7 @@ def test_the_request_lines_timestamp_is_the_formatters_to_the_millisecond():
 
 
 def test_the_remembered_quoted_values_stay_bounded():
-    import io
 
-    from server import logs
 
     handler = logs.JsonLineHandler(io.StringIO())
     for n in range(3 * logs.QUOTED_REMEMBERED):
@@ -169,31 +166,56 @@ def test_the_remembered_quoted_values_stay_bounded():
     assert handler.stream.getvalue().count("\n") == 3 * logs.QUOTED_REMEMBERED
 
 
-async def test_request_lines_of_one_turn_of_the_loop_go_in_one_write_and_keep_their_order():
-    import asyncio
-    import io
-    import logging
+class _CountingStream(io.StringIO):
+    writes = 0
 
-    from server.logs import JsonFormatter, JsonLineHandler
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
 
-    class CountingStream(io.StringIO):
-        writes = 0
 
-        def write(self, text: str) -> int:
-            self.writes += 1
-            return super().write(text)
+def _line_handler() -> tuple[logs.JsonLineHandler, _CountingStream]:
+    stream = _CountingStream()
+    handler = logs.JsonLineHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    return handler, stream
 
-    stream = CountingStream()
-    handler = JsonLineHandler(stream)
-    handler.setFormatter(JsonFormatter())
+
+async def test_request_lines_of_several_turns_go_in_one_write_within_the_flush_interval_in_order():
+    handler, stream = _line_handler()
     for n in range(20):
         handler.write_request("tessera.http", "r", "GET", 'a "quoted" \\ path \u00e9', 200, 0.5, None, {"n": n, "x": None})
-    assert stream.writes == 0  # not yet: at the end of this turn of the loop
+    assert stream.writes == 0  # not yet: formatted at the end of this turn of the loop
     await asyncio.sleep(0)
-    assert stream.writes == 1
     handler.write_request("tessera.http", "r", "GET", "/", 200, 0.5, None, {"n": 20})
-    # Any other record first writes the pending lines, so the order on stderr is the order of events.
+    await asyncio.sleep(0)
+    assert stream.writes == 0  # two turns' lines wait in the buffer
+    await asyncio.sleep(logs.LOG_FLUSH_SECONDS * 3)
+    assert stream.writes == 1  # ... and go out together, with no further request to push them
+    handler.write_request("tessera.http", "r", "GET", "/", 200, 0.5, None, {"n": 21})
+    await asyncio.sleep(0)
+    # Any other record first writes the waiting lines, so the order on stderr is the order of events.
     handler.handle(logging.LogRecord("tessera", logging.WARNING, __file__, 1, "after", None, None))
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [line.get("n") for line in lines] == list(range(21)) + [None]
+    assert [line.get("n") for line in lines] == list(range(22)) + [None]
     assert lines[0]["path"] == 'a "quoted" \\ path \u00e9' and lines[0]["x"] is None and lines[-1]["msg"] == "after"
+
+
+async def test_a_full_buffer_is_written_at_the_end_of_its_turn_and_flush_writes_the_rest(monkeypatch):
+    handler, stream = _line_handler()
+    monkeypatch.setattr(logs, "LOG_BUFFER_CHARS", 1000)
+    for n in range(10):  # about 2,000 characters
+        handler.write_request("tessera.http", "r", "GET", "/", 200, 0.5, None, {"n": n})
+    await asyncio.sleep(0)
+    assert stream.writes == 1 and stream.getvalue().count("\n") == 10
+    handler.write_request("tessera.http", "r", "GET", "/", 200, 0.5, None, {"n": 10})
+    await asyncio.sleep(0)
+    assert stream.writes == 1
+    handler.flush()  # what logging.shutdown does at exit: nothing is left behind
+    assert stream.writes == 2 and stream.getvalue().count("\n") == 11
+
+
+def test_outside_an_event_loop_request_lines_are_written_at_once():
+    handler, stream = _line_handler()
+    handler.write_request("tessera.http", "r", "GET", "/", 200, 0.5, None, {})
+    assert stream.writes == 1 and stream.getvalue().count("\n") == 1

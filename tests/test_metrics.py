@@ -194,8 +194,12 @@ async def test_metrics_from_any_worker_add_up_across_workers(processes, env, adm
         assert sample(m, "tessera_http_requests_total", endpoint="/token", method="POST", status="200") == 12
         assert sample(m, "tessera_db_pool_max_connections") == 6  # 2 workers x TESSERA_DB_POOL_SIZE
 
-    served_by = {line["pid"] for line in server.log_lines() if line.get("path") == "/token"}
-    assert len(served_by) == 2 and served_by == set(worker_pids(server.log_lines()).values())
+    # Request lines reach stderr within server.logs.LOG_FLUSH_SECONDS of their answers.
+    deadline = time.monotonic() + 10
+    while len(served_by := {line["pid"] for line in server.log_lines() if line.get("path") == "/token"}) < 2:
+        assert time.monotonic() < deadline, served_by
+        await asyncio.sleep(0.02)
+    assert served_by == set(worker_pids(server.log_lines()).values())
     # Each worker froze its start-up heap (server.serve.settle_heap): tens of thousands of objects
     # that its full collections no longer walk.
     frozen = [line["gc_frozen_objects"] for line in server.log_lines() if line.get("msg") == "listening"]
