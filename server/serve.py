@@ -72,8 +72,9 @@ def serve(settings: Settings) -> int:
 
 def settle_heap() -> int:
     """Once set up (modules, app, pool, keys, caches all made), before taking requests: collect
-    once, then freeze what is left, so that the collector's full passes no longer walk it (``gc.freeze``, Python 3.7+: "to
-    speed up collection", CPython bpo-31558). Returns the number of objects frozen.
+    once, then freeze what is left, so that the collector's full passes no longer walk it
+    (``gc.freeze``, Python 3.7+: "to speed up collection", CPython bpo-31558). Returns the number
+    of objects frozen.
 
     Measured at 64 connections of client_credentials on one core: without it the process made
     about one full collection a second over some 63,000 objects, each about 19 ms during which no

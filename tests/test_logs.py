@@ -156,8 +156,6 @@ def test_the_request_lines_timestamp_is_the_formatters_to_the_millisecond():
 
 
 def test_the_remembered_quoted_values_stay_bounded():
-
-
     handler = logs.JsonLineHandler(io.StringIO())
     for n in range(3 * logs.QUOTED_REMEMBERED):
         handler.write_request("tessera.http", "r", "GET", f"/random/{n}", 404, 0.1, "127.0.0.1", {})

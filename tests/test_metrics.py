@@ -16,6 +16,7 @@ from server import events
 from server.app import create_app
 from server.settings import load_settings
 from tests.helpers import basic, post_token
+from tests.key_helpers import eventually
 from tests.processes import Process, free_port, parse_metrics, sample, wait_until_ready
 
 SECRET = "s3cret-s3cret-s3cret"
@@ -195,10 +196,11 @@ async def test_metrics_from_any_worker_add_up_across_workers(processes, env, adm
         assert sample(m, "tessera_db_pool_max_connections") == 6  # 2 workers x TESSERA_DB_POOL_SIZE
 
     # Request lines reach stderr within server.logs.LOG_FLUSH_SECONDS of their answers.
-    deadline = time.monotonic() + 10
-    while len(served_by := {line["pid"] for line in server.log_lines() if line.get("path") == "/token"}) < 2:
-        assert time.monotonic() < deadline, served_by
-        await asyncio.sleep(0.02)
+    async def both_workers_logged() -> set[int] | None:
+        served = {line["pid"] for line in server.log_lines() if line.get("path") == "/token"}
+        return served if len(served) == 2 else None
+
+    served_by = await eventually(both_workers_logged, timeout=10, what="a /token line from each worker")
     assert served_by == set(worker_pids(server.log_lines()).values())
     # Each worker froze its start-up heap (server.serve.settle_heap): tens of thousands of objects
     # that its full collections no longer walk.
