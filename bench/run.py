@@ -5,6 +5,8 @@ Bounded (about 3-4 minutes with the defaults), 127.0.0.1 only, on a fresh embedd
 Load comes from wrk (Debian's `wrk` package), a closed loop at -c64. In mode `1p` the server (and
 the embedded PostgreSQL it starts, which inherits the pin) runs on CPU 1 and wrk on CPU 0: a
 per-core figure. In mode `2w` the server runs `--workers 2` unpinned, sharing the cores with wrk.
+The 2w/1p ratio for client_credentials is measured apart, with a 1p and a 2w server up together and
+measured in turn (``run_scaling``), so that the machine's drift falls on both.
 
     make bench
     make bench BENCH_ARGS='--modes 1p --duration 10 --json bench/results/my-run.json'
@@ -281,14 +283,16 @@ def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> dict[str, 
     return json.loads(result.stdout)
 
 
-def run_tessera(mode: str, endpoints: list[str], args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
+def placement(mode: str) -> tuple[str | None, str | None, int]:
+    """(server CPU, wrk CPU, wrk threads): 1p pins the server to CPU 1 and wrk to CPU 0; 2w pins nothing."""
+    return ("1", "0", 1) if mode == "1p" else (None, None, 2)
+
+
+def start_tessera(mode: str, work: Path, name: str, users: bool = True) -> tuple[Server, str]:
+    """A Tessera for ``mode`` on a fresh embedded database with the bench client (and users), ready."""
     port = free_port()
-    data_dir = work / f"tessera-{mode}"
-    workers = 2 if mode == "2w" else 1
-    env = tessera_env(data_dir, port, workers)
+    env = tessera_env(work / name, port, 2 if mode == "2w" else 1)
     grant_types = "client_credentials,password,refresh_token"
-    base = f"http://127.0.0.1:{port}"
-    server_cpu, wrk_cpu, threads = ("1", "0", 1) if mode == "1p" else (None, None, 2)
     # Create the client and user before the server starts: the CLI brings the embedded database up.
     try:
         cli(env, "clients", "create", CLIENT_ID, "--grant-types", grant_types, "--scopes", "api.read api.write",
@@ -296,12 +300,25 @@ def run_tessera(mode: str, endpoints: list[str], args: argparse.Namespace, work:
     except RuntimeError:
         cli(env, "clients", "create", CLIENT_ID, "--grant-types", "client_credentials,password", "--scopes",
             "api.read api.write", "--audiences", AUDIENCE, "--secret-stdin", stdin=CLIENT_SECRET)
-    cli(env, "users", "create", USERNAME, "--password-stdin", stdin=PASSWORD)
-    add_login_users(env, LOGIN_USERS)
-    server = Server(pinned(server_cpu) + [str(BIN / "tessera"), "serve"], env, work / f"tessera-{mode}.log")
-    results: dict[str, dict[str, Any]] = {}
+    if users:
+        cli(env, "users", "create", USERNAME, "--password-stdin", stdin=PASSWORD)
+        add_login_users(env, LOGIN_USERS)
+    server_cpu = placement(mode)[0]
+    server = Server(pinned(server_cpu) + [str(BIN / "tessera"), "serve"], env, work / f"{name}.log")
+    base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base + "/readyz", server)
+    except BaseException:
+        server.stop()
+        raise
+    return server, base
+
+
+def run_tessera(mode: str, endpoints: list[str], args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
+    server_cpu, wrk_cpu, threads = placement(mode)
+    server, base = start_tessera(mode, work, f"tessera-{mode}")
+    results: dict[str, dict[str, Any]] = {}
+    try:
         login = {"grant_type": "password", "username": USERNAME, "password": PASSWORD, "scope": "api.read"}
         metadata = json.loads(urllib.request.urlopen(base + "/.well-known/oauth-authorization-server").read())
         cc_body = "grant_type=client_credentials&scope=api.read"
@@ -353,9 +370,39 @@ def run_tessera(mode: str, endpoints: list[str], args: argparse.Namespace, work:
     return results
 
 
+def run_scaling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """client_credentials with one worker pinned and with two, measured in turn (1p, 2w, 1p, 2w, ...)
+    with both servers up, and their ratio taken per round. On a shared VM one core's speed drifts
+    by tens of percent within a minute; the table's 1p and 2w figures are minutes apart, so their
+    ratio carries that drift, where a round's two runs share it (compare.py interleaves for the
+    same reason)."""
+    servers: dict[str, tuple[Server, str]] = {}
+    body = {"BODY": "grant_type=client_credentials&scope=api.read", "AUTH": AUTH}
+    rounds = []
+    try:
+        for mode in ("1p", "2w"):
+            servers[mode] = start_tessera(mode, work, f"scaling-{mode}", users=False)
+            _, wrk_cpu, threads = placement(mode)
+            wrk(servers[mode][1] + "/token", "form.lua", args.warmup, args.conns, wrk_cpu, threads, body)
+        for _ in range(args.scaling_rounds):
+            rps = {}
+            for mode, (_, base) in servers.items():
+                _, wrk_cpu, threads = placement(mode)
+                wrk(base + "/token", "form.lua", 1, args.conns, wrk_cpu, threads, body)
+                result = wrk(base + "/token", "form.lua", args.scaling_duration, args.conns, wrk_cpu, threads, body)
+                if result["errors"]:
+                    raise RuntimeError(f"scaling {mode}: {result['errors']} failed requests")
+                rps[mode] = result["rps"]
+            rounds.append({**rps, "ratio": rps["2w"] / rps["1p"]})
+    finally:
+        for server, _ in servers.values():
+            server.stop()
+    return {"rounds": rounds, "ratio": statistics.median(r["ratio"] for r in rounds), "seconds": args.scaling_duration}
+
+
 def run_hello(mode: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     port = free_port()
-    cpu, wrk_cpu, threads = ("1", "0", 1) if mode == "1p" else (None, None, 2)
+    cpu, wrk_cpu, threads = placement(mode)
     server = Server(pinned(cpu) + [sys.executable, str(HERE / "hello.py"), "--port", str(port)], dict(os.environ),
                     work / f"hello-{mode}.log")
     try:
@@ -407,18 +454,32 @@ def report(data: dict[str, Any]) -> str:
                 f"| {mode} | {endpoint} | {result['rps']:,.0f} | {result['p50_ms']:.1f} | {result['p99_ms']:.1f} |"
                 f" {result['errors']} | {name} | {value:,.0f} | {ratio} |"
             )
-        if "cc" in results and mode == "2w" and "cc" in data["tessera"].get("1p", {}):
-            lines.append(f"| 2w/1p | cc | | | | | 1-worker cc | | {results['cc']['rps'] / data['tessera']['1p']['cc']['rps']:.2f} |")
+        scaling = data.get("scaling")
+        if scaling and mode == "2w":
+            lines.append(f"| 2w/1p | cc | | | | | 1-worker cc, in turn | | {scaling['ratio']:.2f} |")
+    lines.append("")
+    scaling = data.get("scaling")
+    if scaling:
+        rounds = scaling["rounds"]
+        lines.append(
+            f"- two workers / one on client_credentials, measured in turn with both servers up "
+            f"({len(rounds)} rounds of {scaling['seconds']:g} s): "
+            + ", ".join(f"{r['2w']:,.0f}/{r['1p']:,.0f} = {r['ratio']:.2f}" for r in rounds)
+            + f"; median {scaling['ratio']:.2f}"
+        )
+    if "cc" in data["tessera"].get("2w", {}) and "cc" in data["tessera"].get("1p", {}):
+        lines.append(f"- the table's own 2w and 1p cc runs, minutes apart: "
+                     f"{data['tessera']['2w']['cc']['rps'] / data['tessera']['1p']['cc']['rps']:.2f}")
+    around = ", ".join(f"{mode} {'/'.join(map(str, results['password']['argon2_verify_ms_around']))}"
+                       for mode, results in data["tessera"].items()
+                       if "argon2_verify_ms_around" in results.get("password", {}))
     lines += [
-        "",
         f"- raw ES256 signing (cryptography): {limits['raw_es256_sign_per_s']:,.0f}/s; Tessera's signer: "
         f"{limits['tessera_signer_per_s']:,.0f}/s (ratio {limits['tessera_signer_per_s'] / limits['raw_es256_sign_per_s']:.2f})",
         f"- argon2id verify at {limits['argon2_profile']}: {limits['argon2_verify_ms']:.1f} ms "
-        f"({limits['argon2_verify_per_s']:.1f}/s per core) at the start; the password rows' limit is the median"
-        f" of {2 * ARGON2_AROUND} verifications taken just before and after their run (ms, before/after: "
-        + ", ".join(f"{mode} {'/'.join(map(str, results['password']['argon2_verify_ms_around']))}"
-                    for mode, results in data["tessera"].items() if "argon2_verify_ms_around" in results.get("password", {}))
-        + ")",
+        f"({limits['argon2_verify_per_s']:.1f}/s per core) at the start"
+        + (f"; the password rows' limit is the median of {2 * ARGON2_AROUND} verifications taken just before and"
+           f" after their run (ms, before/after: {around})" if around else ""),
     ]
     verify = data.get("verifier")
     if verify:
@@ -448,6 +509,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--conns", type=int, default=64)
     parser.add_argument("--json", default=str(HERE / "results" / "latest.json"))
+    parser.add_argument("--scaling-rounds", type=int, default=3,
+                        help="rounds of 1p and 2w client_credentials in turn, for the 2w/1p ratio (0: none)")
+    parser.add_argument("--scaling-duration", type=float, default=5.0)
     parser.add_argument("--gc-families", type=int, default=0,
                         help="also run bench_gc.py on a table of this many families (about 20 s for 200000; 0: no)")
     args = parser.parse_args()
@@ -469,6 +533,8 @@ def main() -> int:
         for mode in modes:
             data["hello"][mode] = run_hello(mode, args, work)
             data["tessera"][mode] = run_tessera(mode, endpoints, args, work)
+        if args.scaling_rounds > 0 and {"1p", "2w"} <= set(modes) and "cc" in endpoints:
+            data["scaling"] = run_scaling(args, work)
     data["verifier"] = verifier_limits(2.0)
     if args.gc_families:
         data["gc"] = gc_figures(args.gc_families)
