@@ -44,6 +44,8 @@ USERNAME, PASSWORD = "bench-user", "bench-password-correct-horse"
 LOGIN_USERS, LOGIN_CONNS = 64, 8
 AUDIENCE = "https://api.example.com"
 AUTH = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+# The client_credentials request every cc run sends (the hello gets the same body).
+CC_FORM = {"BODY": "grant_type=client_credentials&scope=api.read", "AUTH": AUTH}
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -321,11 +323,10 @@ def run_tessera(mode: str, endpoints: list[str], args: argparse.Namespace, work:
     try:
         login = {"grant_type": "password", "username": USERNAME, "password": PASSWORD, "scope": "api.read"}
         metadata = json.loads(urllib.request.urlopen(base + "/.well-known/oauth-authorization-server").read())
-        cc_body = "grant_type=client_credentials&scope=api.read"
-        wrk(base + "/token", "form.lua", 3, args.conns, wrk_cpu, threads, {"BODY": cc_body, "AUTH": AUTH})  # warm-up
+        wrk(base + "/token", "form.lua", 3, args.conns, wrk_cpu, threads, CC_FORM)  # warm-up
         for endpoint in endpoints:
             if endpoint == "cc":
-                spec = ("/token", "form.lua", {"BODY": cc_body, "AUTH": AUTH})
+                spec = ("/token", "form.lua", CC_FORM)
             elif endpoint == "password":
                 bodies = work / f"logins-{mode}.txt"
                 bodies.write_text("".join(
@@ -377,19 +378,18 @@ def run_scaling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     ratio carries that drift, where a round's two runs share it (compare.py interleaves for the
     same reason)."""
     servers: dict[str, tuple[Server, str]] = {}
-    body = {"BODY": "grant_type=client_credentials&scope=api.read", "AUTH": AUTH}
     rounds = []
     try:
         for mode in ("1p", "2w"):
             servers[mode] = start_tessera(mode, work, f"scaling-{mode}", users=False)
             _, wrk_cpu, threads = placement(mode)
-            wrk(servers[mode][1] + "/token", "form.lua", args.warmup, args.conns, wrk_cpu, threads, body)
+            wrk(servers[mode][1] + "/token", "form.lua", args.warmup, args.conns, wrk_cpu, threads, CC_FORM)
         for _ in range(args.scaling_rounds):
             rps = {}
             for mode, (_, base) in servers.items():
                 _, wrk_cpu, threads = placement(mode)
-                wrk(base + "/token", "form.lua", 1, args.conns, wrk_cpu, threads, body)
-                result = wrk(base + "/token", "form.lua", args.scaling_duration, args.conns, wrk_cpu, threads, body)
+                wrk(base + "/token", "form.lua", 1, args.conns, wrk_cpu, threads, CC_FORM)
+                result = wrk(base + "/token", "form.lua", args.scaling_duration, args.conns, wrk_cpu, threads, CC_FORM)
                 if result["errors"]:
                     raise RuntimeError(f"scaling {mode}: {result['errors']} failed requests")
                 rps[mode] = result["rps"]
@@ -416,9 +416,8 @@ def run_hello(mode: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        env = {"BODY": "grant_type=client_credentials&scope=api.read", "AUTH": AUTH}
-        wrk(url, "form.lua", args.warmup, args.conns, wrk_cpu, threads, env)
-        return wrk(url, "form.lua", args.duration, args.conns, wrk_cpu, threads, env)
+        wrk(url, "form.lua", args.warmup, args.conns, wrk_cpu, threads, CC_FORM)
+        return wrk(url, "form.lua", args.duration, args.conns, wrk_cpu, threads, CC_FORM)
     finally:
         server.stop()
 
@@ -442,6 +441,7 @@ def report(data: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     limits = data["limits"]
+    scaling = data.get("scaling")
     for mode, results in data["tessera"].items():
         hello = data["hello"].get(mode, {}).get("rps")
         cores = 1 if mode == "1p" else 2
@@ -454,11 +454,9 @@ def report(data: dict[str, Any]) -> str:
                 f"| {mode} | {endpoint} | {result['rps']:,.0f} | {result['p50_ms']:.1f} | {result['p99_ms']:.1f} |"
                 f" {result['errors']} | {name} | {value:,.0f} | {ratio} |"
             )
-        scaling = data.get("scaling")
         if scaling and mode == "2w":
             lines.append(f"| 2w/1p | cc | | | | | 1-worker cc, in turn | | {scaling['ratio']:.2f} |")
     lines.append("")
-    scaling = data.get("scaling")
     if scaling:
         rounds = scaling["rounds"]
         lines.append(
