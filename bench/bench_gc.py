@@ -7,7 +7,7 @@ In one run, on its own scratch database (an embedded PostgreSQL unless --databas
 1. COPY N families (not through the API), a fraction of them dead for two days (revoked, past
    their absolute end, or idle; in turn), spread evenly over the heap; VACUUM ANALYZE; clone the
    database at file level for step 3;
-2. one pass of the collector alone: ``server.janitor.collect_garbage``, the function the janitor
+2. one pass of the collector alone: ``tessera.server.tasks.janitor.collect_garbage``, the function the janitor
    and ``tessera gc`` run, unchanged, with the pause of ``tessera gc`` (none). Every statement it
    sends is timed. Then VACUUM (what autovacuum would do next; autovacuum is off on the table so
    that it does not run in the middle of a measurement), and as many new families INSERTed as were
@@ -48,9 +48,9 @@ from scratch import (
     rotate_chains, scratch_server, server_settings, summary,
 )
 
-from server.janitor import FAMILY_RETENTION, JANITOR_PAUSE, collect_garbage
-from server.refresh import RefreshChain, RefreshToken
-from server.store.families import GC_PAGES_PER_STATEMENT
+from tessera.server.tasks.janitor import FAMILY_RETENTION, JANITOR_PAUSE, collect_garbage
+from tessera.server.oauth.families import RefreshChain, RefreshToken
+from tessera.server.store.families import GC_PAGES_PER_STATEMENT
 
 MIB = 2**20
 DEAD_FOR = FAMILY_RETENTION + timedelta(days=1)  # dead for longer than the retention: collectable

@@ -6,7 +6,7 @@ In one run, on its own scratch database (an embedded PostgreSQL unless --databas
 1. rotations per second and p50/p99 through the HTTP endpoint (``tessera serve`` in a subprocess,
    driven by wrk when it is installed, else by an aiohttp closed loop), C connections each walking
    rotation chains;
-2. the same rotation UPDATE (the server's own statement, ``server.store.families.ROTATE_SQL``)
+2. the same rotation UPDATE (the server's own statement, ``tessera.server.store.families.ROTATE_SQL``)
    driven directly with asyncpg at the same concurrency: the PostgreSQL limit for this work;
 3. one client refreshing serially (latency without queueing), over HTTP and directly;
 
@@ -50,7 +50,7 @@ from scratch import (  # noqa: E402
     prepare_schema, scratch_database, summary, table_facts,
 )
 
-from server.refresh import RefreshChain, RefreshToken  # noqa: E402
+from tessera.server.oauth.families import RefreshChain, RefreshToken  # noqa: E402
 
 CHEAP_ARGON2 = {"TESSERA_ARGON2_TIME_COST": "1", "TESSERA_ARGON2_MEMORY_KIB": "1024"}
 
@@ -92,7 +92,7 @@ async def tessera_server(dsn: str, workdir: Path) -> AsyncIterator[str]:
     )
     with open(workdir / "serve.log", "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "tessera.server.cli", "serve"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"

@@ -37,8 +37,8 @@ from joserfc import jws
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, KeyParameters, OKPKey, RSAKey, import_key
 
-from keys import Verifier
-from keys.aiohttp_auth import bearer_auth_middleware, get_claims
+from tessera.keys import Verifier
+from tessera.keys.aiohttp_auth import bearer_auth_middleware, get_claims
 
 ALGORITHMS = ("ES256", "ES384", "EdDSA", "RS256", "PS256")
 AUDIENCE = "https://orders.example"

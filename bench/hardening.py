@@ -40,7 +40,7 @@ SECRET = "bench-secret-bench-secret"
 
 
 def _tessera(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run([sys.executable, "-m", "server.cli", *args], env=env, input=stdin,
+    result = subprocess.run([sys.executable, "-m", "tessera.server.cli", *args], env=env, input=stdin,
                             capture_output=True, text=True, timeout=120, cwd=ROOT)
     if result.returncode != 0:
         raise SystemExit(f"tessera {' '.join(args)} failed: {result.stderr.strip()}")

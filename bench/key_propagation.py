@@ -43,7 +43,7 @@ async def rounds(env: dict[str, str], count: int) -> tuple[list[float], list[flo
                 expected = (await jwks_of(session, urls[0]))[1][1]  # the next key, about to sign
                 started = time.perf_counter()
                 subprocess.run(
-                    [sys.executable, "-m", "server.cli", "keys", "rotate", "--force"],
+                    [sys.executable, "-m", "tessera.server.cli", "keys", "rotate", "--force"],
                     env=process_env(env, **quiet), check=True, capture_output=True,
                 )
                 exited = time.perf_counter()

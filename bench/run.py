@@ -148,7 +148,7 @@ def signing_limits(seconds: float) -> dict[str, float]:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from keys.material import generate, signer_from_private_jwk
+    from tessera.keys.material import generate, signer_from_private_jwk
 
     made = generate("ES256")
     signer = signer_from_private_jwk("ES256", made.kid, made.private_jwk_json)
@@ -173,8 +173,8 @@ def add_login_users(env: dict[str, str], count: int) -> None:
 
     import asyncpg
 
-    from server import db
-    from server.settings import load_settings
+    from tessera.server.store import db
+    from tessera.server.settings import load_settings
 
     async def copy(dsn: str) -> None:
         connection = await asyncpg.connect(dsn)
@@ -193,8 +193,8 @@ def add_login_users(env: dict[str, str], count: int) -> None:
 
 def argon2_times(count: int = 15) -> tuple[list[float], str]:
     """``count`` argon2id verifications at the default profile, each timed, in this process."""
-    from server.passwords import SecretHasher
-    from server.settings import load_settings
+    from tessera.server.oauth.passwords import SecretHasher
+    from tessera.server.settings import load_settings
 
     profile = load_settings({}).argon2
     hasher = SecretHasher(profile)

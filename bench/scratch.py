@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from server import db  # noqa: E402
-from server.refresh import RefreshChain, RefreshToken  # noqa: E402
-from server.store.families import FamilyStore  # noqa: E402
+from tessera.server.oauth.families import RefreshChain, RefreshToken  # noqa: E402
+from tessera.server.store.families import FamilyStore  # noqa: E402
 
 CLIENT, SECRET, PASSWORD = "bench", "bench-secret-0123456789", "bench password"
 AUDIENCE = "https://api.example"
@@ -137,9 +137,9 @@ async def prepare_schema(dsn: str, unique_hash_index: bool = False) -> None:
 
 
 async def create_client_and_user(dsn: str) -> None:
-    from server.passwords import SecretHasher
-    from server.settings import Argon2Profile
-    from server.store import ClientStore, UserStore
+    from tessera.server.oauth.passwords import SecretHasher
+    from tessera.server.settings import Argon2Profile
+    from tessera.server.store import ClientStore, UserStore
 
     hasher = SecretHasher(Argon2Profile(time_cost=1, memory_kib=1024, parallelism=1))
     connection = await asyncpg.connect(dsn)

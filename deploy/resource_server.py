@@ -35,9 +35,9 @@ from typing import Any
 
 from aiohttp import web
 
-from keys import JWKSUnavailable, Verifier
-from keys.aiohttp_auth import bearer_auth_middleware, get_claims, require_scopes
-from keys.jwks_cache import ASYMMETRIC_ALGORITHMS
+from tessera.keys import JWKSUnavailable, Verifier
+from tessera.keys.aiohttp_auth import bearer_auth_middleware, get_claims, require_scopes
+from tessera.keys.jwks_cache import ASYMMETRIC_ALGORITHMS
 
 log = logging.getLogger("resource_server")
 

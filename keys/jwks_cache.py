@@ -13,7 +13,7 @@ Keys are imported with joserfc once per fetch and kept by ``kid`` together with 
 each one may verify, so a verification does no key parsing at all.
 
 This module knows nothing about tokens: ``get_key`` answers a key or ``None``, or raises
-:class:`KeySetUnavailable`; :mod:`keys.verifier` turns those into ``InvalidToken`` subclasses.
+:class:`KeySetUnavailable`; :mod:`tessera.keys.verifier` turns those into ``InvalidToken`` subclasses.
 """
 
 from __future__ import annotations

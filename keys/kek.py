@@ -38,7 +38,7 @@ class KekRing:
 
     Opening tries the new KEK first, then the current one, so a process keeps working on either
     side of the rewrap. New secrets are sealed under the current KEK; new signing keys follow the
-    active key (see ``keys.lifecycle``), so after a rewrap they are made under the new one.
+    active key (see ``tessera.keys.lifecycle``), so after a rewrap they are made under the new one.
     """
 
     def __init__(self, current: bytes, new: bytes | None = None) -> None:

@@ -1,7 +1,7 @@
 """The keyring: what one server process holds in memory about the key set.
 
 It serves the JWKS without touching the database (the body and its strong ETag are made once per
-change) and keeps the active key's signer, unsealed once. ``refresh`` swaps in a new snapshot
+change) and keeps the active key's signer, unsealed once. ``reload`` swaps in a new snapshot
 atomically; readers never see half a key set.
 """
 
@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from keys import kek as kek_box
-from keys import material
-from keys.signer import Signer
-from keys.store import KeyStore, StoredKey
+from tessera.keys import kek as kek_box
+from tessera.keys import material
+from tessera.keys.signer import Signer
+from tessera.keys.store import KeyStore, StoredKey
 
 
 class NoActiveKey(Exception):
@@ -61,7 +61,7 @@ class Keyring:
         """Ready to sign with the current active key (False while a reload keeps failing to open it)."""
         return self._snapshot is not None and self.problem is None
 
-    async def refresh(self) -> Snapshot:
+    async def reload(self) -> Snapshot:
         """Reload the key set. Retired keys past their expiry leave it here, so call this now and
         then even without a change. If the active key cannot be opened (a wrong KEK), the old
         snapshot stays in place, ``problem`` says why, ``loaded`` turns False, and this raises."""

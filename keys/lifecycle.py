@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from keys import kek as kek_box
-from keys import material
-from keys.store import KeyStore, NewKey, StoredKey
+from tessera.keys import kek as kek_box
+from tessera.keys import material
+from tessera.keys.store import KeyStore, NewKey, StoredKey
 
 # Verifiers accept a token a little after its exp (clock skew): PyJWT/joserfc take a leeway, .NET's
 # JwtBearer defaults to a 5-minute ClockSkew. The retired key must outlive that too.
@@ -54,7 +54,7 @@ class KeySetChanged(LifecycleError):
         super().__init__("the key set changed while this ran (another rotation or revocation won); nothing was done")
 
 
-class UnknownKey(LifecycleError):
+class NoSuchKey(LifecycleError):
     def __init__(self, kid: str) -> None:
         super().__init__(f"no signing key {kid!r}")
 
@@ -98,7 +98,7 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
-class Rotation:
+class KeyRotation:
     activated: StoredKey  # the former next key, now signing
     retired: StoredKey  # the former active key (revoked instead when ``revoked``)
     next_key: NewKey  # the new next key
@@ -108,10 +108,10 @@ class Rotation:
 
 
 @dataclass(frozen=True, slots=True)
-class Revocation:
+class KeyRevocation:
     kid: str
     previous_state: str
-    rotation: Rotation | None = None  # when the active key was revoked
+    rotation: KeyRotation | None = None  # when the active key was revoked
     next_key: NewKey | None = None  # when the next key was revoked and replaced
 
 
@@ -159,7 +159,7 @@ class KeyLifecycle:
         )
         return (next_key.kid, new_next.kid) if replaced else None
 
-    async def rotate(self, *, force: bool = False) -> Rotation:
+    async def rotate(self, *, force: bool = False) -> KeyRotation:
         """``tessera keys rotate``: refused while the next key has not been published long enough."""
         now = self._now()
         active, next_key = key_roles(await self._store.published_keys(now))
@@ -168,7 +168,7 @@ class KeyLifecycle:
             raise NotPublishedLongEnough(next_key.kid, published_for, self.policy.required_publication(next_key))
         return await self._rotate(active, next_key, revoke_old=False)
 
-    async def rotate_if_due(self) -> Rotation | None:
+    async def rotate_if_due(self) -> KeyRotation | None:
         """The scheduler's step: rotate when due; None when not due or another process did it."""
         now = self._now()
         active, next_key = key_roles(await self._store.published_keys(now))
@@ -179,24 +179,24 @@ class KeyLifecycle:
         except KeySetChanged:
             return None
 
-    async def revoke(self, kid: str) -> Revocation:
+    async def revoke(self, kid: str) -> KeyRevocation:
         """``tessera keys revoke KID``: out of the key set at once; the active key rotates first."""
         key = await self._store.key(kid)
         if key is None:
-            raise UnknownKey(kid)
+            raise NoSuchKey(kid)
         if key.state == "revoked":
-            return Revocation(kid, "revoked")
+            return KeyRevocation(kid, "revoked")
         now = self._now()
         active, next_key = key_roles(await self._store.published_keys(now))
         if key.state == "active":
-            return Revocation(kid, "active", rotation=await self._rotate(active, next_key, revoke_old=True))
+            return KeyRevocation(kid, "active", rotation=await self._rotate(active, next_key, revoke_old=True))
         new_next = await self._new_key(active) if key.state == "next" else None
         revoked = await self._store.revoke(
             key, active=active, now=now, new_next=new_next, publish_seconds=self.policy.publish_seconds
         )
         if not revoked:
             raise KeySetChanged()
-        return Revocation(kid, key.state, next_key=new_next)
+        return KeyRevocation(kid, key.state, next_key=new_next)
 
     async def declare_publication(self, next_key: StoredKey) -> bool:
         """An instance serving ``next_key`` raises its required publication to this instance's
@@ -211,7 +211,7 @@ class KeyLifecycle:
     def _now(self) -> datetime:
         return at(self._clock())
 
-    async def _rotate(self, active: StoredKey, next_key: StoredKey, *, revoke_old: bool) -> Rotation:
+    async def _rotate(self, active: StoredKey, next_key: StoredKey, *, revoke_old: bool) -> KeyRotation:
         new_next = await self._new_key(active)
         now = self._now()
         expires = now + timedelta(seconds=self.policy.retire_seconds)
@@ -226,7 +226,7 @@ class KeyLifecycle:
         )
         if not rotated:
             raise KeySetChanged()
-        return Rotation(next_key, active, new_next, expires, revoke_old, now < self.policy.activation_time(next_key))
+        return KeyRotation(next_key, active, new_next, expires, revoke_old, now < self.policy.activation_time(next_key))
 
     async def _new_key(self, seal_like: StoredKey | None) -> NewKey:
         """A new key of the configured algorithm, generated off the event loop (RSA takes a second).

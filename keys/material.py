@@ -12,7 +12,7 @@ from typing import Any
 
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-from keys.signer import Signer
+from tessera.keys.signer import Signer
 
 RSA_BITS = 3072  # NIST SP 800-57: 128-bit security, matching P-256.
 

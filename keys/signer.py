@@ -1,7 +1,7 @@
 """JWS compact serialization (RFC 7515 section 7.1) of access tokens, signed with ``cryptography``.
 
 The header of a key never changes, so its encoded form is made once; a signature is then one
-JSON encoding (``keys.compact_json``), two base64url encodings and the primitive. joserfc checks every token this produces
+JSON encoding (``tessera.keys.compact_json``), two base64url encodings and the primitive. joserfc checks every token this produces
 in the test suite, as any JOSE library would.
 """
 
@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from keys import compact_json
+from tessera.keys import compact_json
 
 
 def b64url(data: bytes) -> bytes:

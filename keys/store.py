@@ -1,4 +1,4 @@
-"""What the key lifecycle needs from storage. ``server.store.keys`` implements it on PostgreSQL;
+"""What the key lifecycle needs from storage. ``tessera.server.store.keys`` implements it on PostgreSQL;
 nothing in ``keys`` knows which database it is.
 
 Every change is conditional on the keys it starts from (compare-and-set), so that any number of

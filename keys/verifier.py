@@ -14,7 +14,7 @@ the header and claims are each base64- and JSON-decoded exactly once.
 
 All of this is :class:`AccessTokenVerifier`, which finds keys through a :class:`KeySource`.
 :class:`Verifier`, what resource servers use, is that core fed from the issuer's JWKS over HTTP
-(:class:`keys.jwks_cache.JWKSCache`); the token server feeds the same core from its own keyring
+(:class:`tessera.keys.jwks_cache.JWKSCache`); the token server feeds the same core from its own keyring
 (:class:`FixedKeySet` of the JWKS it publishes) to read its tokens back for introspection.
 """
 
@@ -595,7 +595,7 @@ class Verifier(AccessTokenVerifier):
     :param required_claims: claims that must be present, besides ``iss``, ``aud`` and ``exp``
         (always required); default: those RFC 9068 section 2.2 requires
     :param max_token_bytes: longer tokens are refused before any parsing
-    :param cache_policy: JWKS cache timings (see :class:`keys.jwks_cache.CachePolicy`)
+    :param cache_policy: JWKS cache timings (see :class:`tessera.keys.jwks_cache.CachePolicy`)
     :param jwks_cache: a ready :class:`JWKSCache` to use instead (then ``jwks_url``, ``session`` and
         ``cache_policy`` must not be given); its creator closes it
     :param clock: wall-clock time in seconds since the epoch, for ``exp``/``nbf``/``iat``

@@ -11,34 +11,38 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 from aiohttp import web
 
-from keys.kek import KekRing
-from keys.keyring import Keyring
-from server import db, metrics
-from server.client_auth import ClientAuthenticator, VerifiedSecretCache
-from server.client_cache import ChangeFeed, ClientCache, RecentFailures
-from server.cors import install_cors
-from server.grants import GrantServices, default_grants
-from server.key_scheduler import KeyScheduler, key_lifecycle
-from server.limits import DEADLINES, connection_limits, deadlines
-from server.metrics import METRICS, Metrics
-from server.middleware import hide_server_version
-from server.passwords import SecretHasher
-from server.revocation import endpoint_metadata
-from server.services import SERVICES, Services
-from server.sessions import open_sessions
-from server.settings import Settings
-from server.store import ClientStore, PgKeyStore, UserStore
-from server.store.login_failures import LoginFailureStore
-from server.store.secrets import server_secret
-from server.throttle import WINDOW_SECONDS, LoginThrottle
-from server.tokens import AccessTokenIssuer
-from server.views import add_routes, metadata_document
+from tessera.keys.kek import KekRing
+from tessera.keys.keyring import Keyring
+from tessera.server.store import db
+from tessera.server.ops import metrics
+from tessera.server.oauth.client_auth import ClientAuthenticator, VerifiedSecretCache
+from tessera.server.store.caches import ChangeFeed, ClientCache, RecentFailures
+from tessera.server.http.cors import install_cors
+from tessera.server.oauth.families import RefreshFamilies
+from tessera.server.oauth.grants import build_grants
+from tessera.server.oauth.introspection import AccessTokenReader, Introspection
+from tessera.server.tasks.key_scheduler import KeyScheduler, key_lifecycle
+from tessera.server.http.limits import DEADLINES, connection_limits, deadlines
+from tessera.server.ops.metrics import METRICS, Metrics
+from tessera.server.http.answering import hide_server_version
+from tessera.server.oauth.passwords import SecretHasher
+from tessera.server.oauth.revocation import Revocation, endpoint_metadata
+from tessera.server.services import SERVICES, Services
+from tessera.server.tasks.janitor import Janitor
+from tessera.server.tasks.listener import ChangeListener
+from tessera.server.settings import Settings
+from tessera.server.store import ClientStore, PgKeyStore, UserStore
+from tessera.server.store.login_failures import LoginFailureStore
+from tessera.server.store.secrets import server_secret
+from tessera.server.oauth.throttle import WINDOW_SECONDS, LoginThrottle
+from tessera.server.oauth.tokens import AccessTokenIssuer
+from tessera.server.http.views import add_routes, metadata_document
 
 log = logging.getLogger("tessera")
 
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
-    # No middleware: each route is wrapped instead (server.middleware.answering, server.views).
+    # No middleware: each route is wrapped instead (tessera.server.http.answering.answering, tessera.server.http.views).
     app = web.Application(client_max_size=settings.max_body_bytes, handler_args=connection_limits(settings))
     app[METRICS] = Metrics.for_this_process()
     app[DEADLINES] = deadlines(settings)
@@ -86,12 +90,13 @@ async def open_services(
             client_rows = ClientCache()
             recent_failures = RecentFailures(WINDOW_SECONDS, clock)
             key_scheduler = KeyScheduler(
-                database.dsn,
                 keyring,
                 key_lifecycle(settings, key_store, database.keks, clock),
                 reload_interval=settings.key_reload_interval,
                 clock=clock,
-                feed=ChangeFeed(client_rows, recent_failures),
+            )
+            listener = ChangeListener(
+                database.dsn, keys_changed=key_scheduler.wake, feed=ChangeFeed(client_rows, recent_failures)
             )
             await key_scheduler.prepare()
             if series is not None:
@@ -110,30 +115,36 @@ async def open_services(
                 recent_failures=recent_failures,
             )
             clients, users = ClientStore(pool), UserStore(pool)
-            grants = default_grants()
             tokens = AccessTokenIssuer(keyring, issuer=settings.issuer, ttl=settings.access_token_ttl, clock=clock)
-            extras: dict[str, object] = {}
-            janitor = await open_sessions(pool, database.keks, settings, keyring, clock, extras)
+            families = await RefreshFamilies.open(
+                pool,
+                database.keks,
+                refresh_token_ttl=settings.refresh_token_ttl,
+                session_ttl=settings.session_ttl,
+                reuse_grace=settings.refresh_reuse_grace,
+                clock=clock,
+            )
+            grants = build_grants(
+                tokens=tokens, families=families, users=users, hasher=hasher, throttle=throttle, clock=clock
+            )
+            reader = AccessTokenReader(keyring, issuer=settings.issuer, clock=clock)
+            janitor = Janitor(pool, clock)
             services = Services(
                 settings=settings,
-                clock=clock,
                 pool=pool,
                 keyring=keyring,
-                hasher=hasher,
-                clients=clients,
-                users=users,
                 authenticator=ClientAuthenticator(
                     clients, client_hasher, VerifiedSecretCache(), throttle, client_rows, recent_failures
                 ),
                 grants=grants,
-                grant_services=GrantServices(tokens, users, hasher, clock, extras, throttle),
+                revocation=Revocation(families, reader),
+                introspection=Introspection(families, reader),
                 metadata_body=metadata_document(settings.issuer, sorted(grants), endpoint_metadata(settings.issuer)),
-                extras=extras,
             )
             log.info("ready", extra={"issuer": settings.issuer, "kid": keyring.snapshot.signer.kid})
             janitor.start()
             try:
-                async with key_scheduler.running():
+                async with listener.running(), key_scheduler.running():
                     yield services
             finally:
                 await janitor.stop()

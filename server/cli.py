@@ -21,20 +21,21 @@ from typing import Any, NoReturn
 
 import asyncpg
 
-from keys import kek as kek_box
-from keys.kek import UnsealError
-from keys.lifecycle import KeyLifecycle, LifecycleError, Policy, Rotation
-from keys.store import StoredKey
-from server import db, events
-from server.janitor import collect_garbage
-from server.key_scheduler import key_lifecycle, key_policy
-from server.passwords import SecretHasher
-from server.settings import Settings, SettingsError, load_settings
-from server.store import ClientStore, PgKeyStore, UserStore
-from server.store.clients import ClientExists
-from server.store.families import FamilyStore
-from server.store.keys import RewrapError
-from server.store.users import UserExists
+from tessera.keys import kek as kek_box
+from tessera.keys.kek import UnsealError
+from tessera.keys.lifecycle import KeyLifecycle, LifecycleError, Policy, KeyRotation
+from tessera.keys.store import StoredKey
+from tessera.server.store import db
+from tessera.server.ops import events
+from tessera.server.tasks.janitor import collect_garbage
+from tessera.server.tasks.key_scheduler import key_lifecycle, key_policy
+from tessera.server.oauth.passwords import SecretHasher
+from tessera.server.settings import Settings, SettingsError, load_settings
+from tessera.server.store import ClientStore, PgKeyStore, UserStore
+from tessera.server.store.clients import ClientExists
+from tessera.server.store.families import FamilyStore
+from tessera.server.store.keys import RewrapError
+from tessera.server.store.users import UserExists
 
 GRANT_TYPES = ("client_credentials", "password", "refresh_token")
 _SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
@@ -383,7 +384,7 @@ def _with_lifecycle(settings: Settings, action: Callable[[KeyLifecycle], Awaitab
     return _with_database(settings, run)
 
 
-def _rotation_summary(rotation: Rotation) -> dict[str, Any]:
+def _rotation_summary(rotation: KeyRotation) -> dict[str, Any]:
     return {
         "active": rotation.activated.kid,
         "retired": None if rotation.revoked else rotation.retired.kid,
@@ -395,7 +396,7 @@ def _rotation_summary(rotation: Rotation) -> dict[str, Any]:
     }
 
 
-def _warn_if_early(rotation: Rotation) -> None:
+def _warn_if_early(rotation: KeyRotation) -> None:
     if rotation.early:
         print(
             f"tessera: warning: {rotation.activated.kid} signs before resource servers' cached JWKS must hold it;"
@@ -471,7 +472,7 @@ def migrate_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def serve_command(args: argparse.Namespace, settings: Settings) -> int:
-    from server.serve import serve
+    from tessera.server.serve import serve
 
     return serve(settings)
 

@@ -38,10 +38,12 @@ from types import FrameType
 
 from aiohttp import web
 
-from server import db, logs, metrics
-from server.app import create_app, prepare_database
-from server.services import SERVICES
-from server.settings import Settings, SettingsError
+from tessera.server.store import db
+from tessera.server.ops import logs
+from tessera.server.ops import metrics
+from tessera.server.app import create_app, prepare_database
+from tessera.server.services import SERVICES
+from tessera.server.settings import Settings, SettingsError
 
 log = logging.getLogger("tessera")
 

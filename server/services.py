@@ -1,36 +1,32 @@
-"""Everything a request handler may use, built once per process and held under one ``AppKey``."""
+"""What the HTTP layer may use, built once per process by ``tessera.server.app`` and held under
+one typed ``AppKey``. Everything below it (grants, stores, the throttle) is wired by constructor."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 from aiohttp import web
 
-from keys.keyring import Keyring
-from server.client_auth import ClientAuthenticator
-from server.grants import Grant, GrantServices
-from server.passwords import SecretHasher
-from server.settings import Settings
-from server.store import ClientStore, UserStore
+from tessera.keys.keyring import Keyring
+from tessera.server.oauth.client_auth import ClientAuthenticator
+from tessera.server.oauth.grants import Grant
+from tessera.server.oauth.introspection import Introspection
+from tessera.server.oauth.revocation import Revocation
+from tessera.server.settings import Settings
 
 
 @dataclass(slots=True)
 class Services:
     settings: Settings
-    clock: Callable[[], float]
-    pool: asyncpg.Pool
-    keyring: Keyring
-    hasher: SecretHasher
-    clients: ClientStore
-    users: UserStore
+    pool: asyncpg.Pool  # /readyz asks it whether the database answers
+    keyring: Keyring  # the JWKS, and /readyz
     authenticator: ClientAuthenticator
     grants: dict[str, Grant]
-    grant_services: GrantServices
+    revocation: Revocation
+    introspection: Introspection
     metadata_body: bytes
     shutting_down: bool = False
-    extras: dict[str, object] = field(default_factory=dict)
 
 
 SERVICES = web.AppKey("services", Services)

@@ -1,4 +1,4 @@
-"""Test fixtures: a real PostgreSQL, a real HTTP server, an injectable clock.
+"""Test fixtures: a real PostgreSQL, a real HTTP server, an injectable clock (tests.helpers.FakeClock).
 
 The database is the one named by TESSERA_DATABASE_URL (a fresh database is created on it for the
 run and dropped after), or else an embedded PostgreSQL (pgserver) in a temporary directory.
@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import tempfile
-import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,32 +20,18 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from server import db
-from server.app import create_app
-from server.passwords import SecretHasher
-from server.settings import Settings, load_settings
-from server.store import Client, ClientStore, User, UserStore
-from tests.helpers import with_database
+from tessera.server.store import db
+from tessera.server.oauth.passwords import SecretHasher
+from tessera.server.settings import Settings, load_settings
+from tessera.server.store import Client, ClientStore, User, UserStore
+from tests.helpers import PASSWORD, SECRET, FakeClock, tessera_server, with_database
 from tests.processes import processes  # noqa: F401  (the fixture that starts real processes, for every module)
 
 # Cheap argon2 in tests: the cost parameters are exercised by their own tests.
 FAST_ARGON2 = {"TESSERA_ARGON2_TIME_COST": "1", "TESSERA_ARGON2_MEMORY_KIB": "1024", "TESSERA_ARGON2_PARALLELISM": "1"}
 TABLES_KEPT = {"schema_migrations"}
-
-
-class FakeClock:
-    """A clock the test moves by hand: ``clock.advance(3600)``."""
-
-    def __init__(self, start: float | None = None) -> None:
-        self.now = start if start is not None else time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture(scope="session")
@@ -143,8 +128,7 @@ def settings(env: dict[str, str]) -> Settings:
 @pytest.fixture
 async def client(settings: Settings, clock: FakeClock) -> AsyncIterator[TestClient[Any, Any]]:
     """An HTTP client talking to a real Tessera server on 127.0.0.1."""
-    app = create_app(settings, clock=clock)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as http:
+    async with tessera_server(settings, clock) as http:
         yield http
 
 
@@ -159,7 +143,7 @@ class Admin:
         self,
         client_id: str = "svc",
         *,
-        secret: str | None = "s3cret-s3cret-s3cret",
+        secret: str | None = SECRET,
         grant_types: tuple[str, ...] = ("client_credentials",),
         scopes: tuple[str, ...] = ("read", "write"),
         audiences: tuple[str, ...] = ("https://orders.example", "https://billing.example"),
@@ -173,7 +157,7 @@ class Admin:
             audiences=list(audiences),
         )
 
-    async def user(self, username: str = "alice", password: str = "correct horse battery staple") -> User:
+    async def user(self, username: str = "alice", password: str = PASSWORD) -> User:
         return await UserStore(self.pool).create(username, await self.hasher.hash(password))
 
 

@@ -1,40 +1,105 @@
-"""Small helpers shared by the tests."""
+"""Small helpers shared by the tests, each the one definition of its kind: the test credentials,
+the hand-moved clock, the polling helper (:func:`eventually`) and the in-process Tessera server
+(:func:`tessera_server`)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import inspect
 import json
+import time
 import warnings
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from joserfc import jws, jwt
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import KeySet
 
+from tessera.server.app import create_app
+from tessera.server.settings import Settings, load_settings
+
+T = TypeVar("T")
+
 FORM = "application/x-www-form-urlencoded"
+
+# The test credentials: every test client's secret (conftest's ``admin.client`` default), every test
+# user's password (``admin.user``'s), and a well-formed key-encryption key for tests that never
+# open a key (the ``kek`` fixture is a random one for those that do).
+SECRET = "s3cret-s3cret-s3cret"
+PASSWORD = "correct horse battery staple"
+KEK = "A" * 43
+
+
+class FakeClock:
+    """A clock the test moves by hand: ``clock.advance(3600)``. It starts at ``start`` (a Unix
+    time), or at the real time now when none is given."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = start if start is not None else time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T] | T],
+    timeout: float = 5.0,
+    *,
+    interval: float = 0.02,
+    what: str = "condition",
+    fail: bool = True,
+    details: Callable[[], str] | None = None,
+) -> T:
+    """Call ``check`` (a function or a coroutine function) every ``interval`` seconds until it
+    returns something truthy, and return that. After ``timeout`` seconds: fail the test with
+    "``what`` not reached" (plus ``details()``, read then), or with ``fail=False`` return the last
+    result. ``check`` may itself fail the test early (an exited process, an unexpected answer).
+
+    Also for changes made behind the server's back (another pool, the CLI): the server learns of
+    them from a PostgreSQL notification, milliseconds after the commit (docs/performance.md)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            if not fail:
+                return result  # type: ignore[return-value]
+            more = f":\n{details()}" if details is not None else ""
+            raise AssertionError(f"{what} not reached within {timeout} s{more}")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def tessera_server(
+    config: Mapping[str, str] | Settings, clock: Callable[[], float] = time.time, **extra: str
+) -> AsyncIterator[TestClient[Any, Any]]:
+    """A Tessera app (``create_app``) served in this process on 127.0.0.1, and an HTTP client for it.
+
+    ``config`` is the environment, to which ``extra`` adds or overrides settings
+    (``tessera_server(env, clock, TESSERA_REFRESH_REUSE_GRACE="30")``), or Settings already loaded."""
+    if isinstance(config, Settings):
+        assert not extra, "extra settings go with an environment, not with loaded Settings"
+        settings = config
+    else:
+        settings = load_settings({**config, **extra})
+    async with TestClient(TestServer(create_app(settings, clock=clock), host="127.0.0.1")) as http:
+        yield http
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:
     raw = f"{client_id}:{secret}".encode()
     return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
-
-
-async def within_notification(check: Any, deadline: float = 2.0) -> Any:
-    """``check()`` again until it is truthy, for up to ``deadline`` seconds; its last result.
-
-    For changes made behind the server's back (another pool, the CLI): the server learns of them
-    from a PostgreSQL notification, milliseconds after the commit (docs/performance.md)."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + deadline
-    while True:
-        result = await check()
-        if result or loop.time() >= give_up:
-            return result
-        await asyncio.sleep(0.005)
 
 
 async def post_token(http: TestClient[Any, Any], data: dict[str, str] | str | bytes, **kwargs: Any) -> tuple[int, dict[str, Any], Any]:
@@ -68,4 +133,7 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
-__all__ = ["FORM", "basic", "decode_segment", "fetch_jwks", "jws", "post_token", "verify_with_joserfc", "with_database"]
+__all__ = [
+    "FORM", "KEK", "PASSWORD", "SECRET", "FakeClock", "basic", "decode_segment", "eventually", "fetch_jwks", "jws",
+    "post_token", "tessera_server", "verify_with_joserfc", "with_database",
+]

@@ -1,54 +1,32 @@
-"""Helpers for the key-lifecycle tests: wait for a condition, run a Tessera server in-process or
-as a real `tessera serve` process, build a lifecycle over the test database."""
+"""Helpers for the key-lifecycle tests: run Tessera as real `tessera serve` processes, build a
+lifecycle over the test database. (Waiting for a condition and an in-process server:
+tests.helpers.eventually and tests.helpers.tessera_server.)"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import asyncpg
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from joserfc.jwk import KeySet
 
-from keys import material
-from keys.kek import KekRing, seal
-from keys.lifecycle import KeyLifecycle
-from keys.store import NewKey
-from server.app import create_app
-from server.key_scheduler import key_lifecycle
-from server.settings import decode_kek, load_settings
-from server.store import PgKeyStore
+from tessera.keys import material
+from tessera.keys.kek import KekRing, seal
+from tessera.keys.lifecycle import KeyLifecycle
+from tessera.keys.store import NewKey
+from tessera.server.tasks.key_scheduler import key_lifecycle
+from tessera.server.settings import decode_kek, load_settings
+from tessera.server.store import PgKeyStore
+from tests.helpers import eventually
 from tests.processes import Process, Processes, free_port
-
-T = TypeVar("T")
 
 # A next key may sign after ceil(max-age + reload) = 61 s; the scheduler ticks every 50 ms.
 FAST_KEYS = {"TESSERA_JWKS_MAX_AGE": "60", "TESSERA_KEY_RELOAD_INTERVAL": "0.05", "TESSERA_KEY_ROTATION_INTERVAL": "3600"}
-
-
-async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 5.0, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.02)
-
-
-@contextlib.asynccontextmanager
-async def in_process_server(env: dict[str, str], clock: Callable[[], float], **extra: str) -> AsyncIterator[TestClient[Any, Any]]:
-    settings = load_settings({**env, **extra})
-    async with TestClient(TestServer(create_app(settings, clock=clock), host="127.0.0.1")) as http:
-        yield http
 
 
 def lifecycle_for(pool: asyncpg.Pool, env: dict[str, str], clock: Callable[[], float], **extra: str) -> KeyLifecycle:

@@ -26,7 +26,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-TESSERA = [sys.executable, "-m", "server.cli"]
+from tests.helpers import eventually
+
+TESSERA = [sys.executable, "-m", "tessera.server.cli"]
 
 
 def free_port() -> int:
@@ -131,20 +133,19 @@ def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess
 
 async def wait_until_ready(url: str, process: Process | None = None, timeout: float = 30.0) -> None:
     """Poll ``url`` (a /readyz) until it answers 200; fail early if the process exits."""
-    deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-        while time.monotonic() < deadline:
+
+        async def ready() -> bool:
             if process is not None and process.popen.poll() is not None:
                 raise AssertionError(f"{process.name} exited with {process.popen.returncode}:\n{process.stderr()[-3000:]}")
             try:
                 async with http.get(url) as response:
-                    if response.status == 200:
-                        return
+                    return response.status == 200
             except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass
-            await asyncio.sleep(0.05)
-    logs = f":\n{process.stderr()[-3000:]}" if process is not None else ""
-    raise AssertionError(f"{url} not ready within {timeout} s{logs}")
+                return False
+
+        logs = (lambda: process.stderr()[-3000:]) if process is not None else None
+        await eventually(ready, timeout=timeout, interval=0.05, what=f"{url} answering 200", details=logs)
 
 
 @contextlib.contextmanager

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from server.app import create_app
-from server.refresh import parse_refresh_token
-from server.settings import load_settings
-from tests.helpers import basic, post_token
+from tessera.server.oauth.families import parse_refresh_token
+from tests.helpers import PASSWORD, SECRET, basic, post_token, tessera_server
 
-PASSWORD = "correct horse battery staple"
-SECRET = "s3cret-s3cret-s3cret"
+# Older names, still imported by some test modules: the one server helper, the one set of credentials.
+server_with = tessera_server
+
 APP_GRANTS = ("password", "refresh_token")
 
 
@@ -54,14 +51,6 @@ async def call(
     return response.status, (await response.json(content_type=None)) if text else None
 
 
-@contextlib.asynccontextmanager
-async def server_with(env: dict[str, str], clock: Any, **settings: str) -> AsyncIterator[TestClient[Any, Any]]:
-    """A Tessera server on 127.0.0.1 with extra settings, e.g. TESSERA_REFRESH_REUSE_GRACE="30"."""
-    app = create_app(load_settings({**env, **settings}), clock=clock)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as http:
-        yield http
-
-
 def family_id_of(refresh_token: str) -> uuid.UUID:
     parsed = parse_refresh_token(refresh_token)
     assert parsed is not None
@@ -70,3 +59,6 @@ def family_id_of(refresh_token: str) -> uuid.UUID:
 
 async def family_row(db: Any, refresh_token: str) -> Any:
     return await db.fetchrow("SELECT * FROM refresh_families WHERE family_id = $1", family_id_of(refresh_token))
+
+
+__all__ = ["APP_GRANTS", "PASSWORD", "SECRET", "call", "family_id_of", "family_row", "login", "refresh", "server_with"]

@@ -1,4 +1,4 @@
-"""keys.aiohttp_auth: the bearer-token middleware's answers (RFC 6750 section 3), and the example
+"""tessera.keys.aiohttp_auth: the bearer-token middleware's answers (RFC 6750 section 3), and the example
 resource server (deploy/resource_server.py) end to end against a real issuer."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from multidict import CIMultiDict
 
-from keys import Verifier
-from keys.aiohttp_auth import CLAIMS_KEY, bearer_auth_middleware, get_claims, require_scopes
+from tessera.keys import Verifier
+from tessera.keys.aiohttp_auth import CLAIMS_KEY, bearer_auth_middleware, get_claims, require_scopes
 
 try:  # tests/ as a package, or as a plain directory on sys.path
     from tests.verifier_fixtures import AUDIENCE, LocalIssuer, running_issuer

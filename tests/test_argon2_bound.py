@@ -12,9 +12,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.helpers import basic, post_token
+from tests.helpers import PASSWORD, SECRET, basic, post_token
 
-SECRET = "s3cret-s3cret-s3cret"
 FLOOD_REQUESTS = 600
 FLOOD_RATE = 300  # per second: far beyond what one argon2 thread checks (~45/s at OWASP's profile)
 
@@ -37,7 +36,7 @@ def env(env: dict[str, str]) -> dict[str, str]:
 async def clients(admin: Any) -> None:
     await admin.client("svc")
     await admin.client("web", grant_types=("password",))
-    await admin.user("alice", "correct horse battery staple")
+    await admin.user("alice", PASSWORD)
 
 
 async def _wrong_password(http: TestClient[Any, Any], n: int) -> tuple[int, dict[str, Any], Any]:

@@ -7,9 +7,8 @@ import re
 
 import pytest
 
-from tests.helpers import basic, post_token
+from tests.helpers import SECRET, basic, post_token
 
-SECRET = "s3cret-s3cret-s3cret"
 
 
 @pytest.fixture

@@ -11,14 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import basic, post_token
+from tests.helpers import SECRET, basic, post_token
 
 
 def tessera(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
     full_env.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "tessera.server.cli", *args],
         input=stdin,
         env=full_env,
         capture_output=True,
@@ -99,14 +99,14 @@ async def test_users_create_and_login(env, client, admin):
     user = json.loads(created.stdout)
     assert set(user) == {"user_id", "username"} and user["username"] == "alice"
     form = {"grant_type": "password", "username": "alice", "password": "pw-alice-pw-alice"}
-    status, body, _ = await post_token(client, form, headers=basic("app", "s3cret-s3cret-s3cret"))
+    status, body, _ = await post_token(client, form, headers=basic("app", SECRET))
     assert status == 200, body
     changed = tessera(env, "users", "set-password", "alice", "--password-stdin", stdin="a-new-password-123")
     assert changed.returncode == 0, changed.stderr
-    assert (await post_token(client, form, headers=basic("app", "s3cret-s3cret-s3cret")))[0] == 400
+    assert (await post_token(client, form, headers=basic("app", SECRET)))[0] == 400
     assert tessera(env, "users", "disable", "alice").returncode == 0
     form["password"] = "a-new-password-123"
-    assert (await post_token(client, form, headers=basic("app", "s3cret-s3cret-s3cret")))[0] == 400
+    assert (await post_token(client, form, headers=basic("app", SECRET)))[0] == 400
     assert tessera(env, "users", "delete", "alice").returncode == 0
     assert tessera(env, "users", "delete", "alice").returncode == 1
 

@@ -87,7 +87,7 @@ async def test_malformed_basic_headers_are_invalid_client(client, admin):
 
 async def test_a_rotated_secret_stops_working_at_once_even_after_a_cached_success(client, admin):
     """"At once": as soon as the change notification arrives (milliseconds), on every instance."""
-    from server.store import ClientStore
+    from tessera.server.store import ClientStore
 
     await admin.client("svc")
     status, _, _ = await post_token(client, {"grant_type": "client_credentials"}, headers=basic("svc", SECRET))
@@ -104,7 +104,7 @@ async def test_a_rotated_secret_stops_working_at_once_even_after_a_cached_succes
 
 
 async def test_a_deleted_client_is_refused_at_once(client, admin):
-    from server.store import ClientStore
+    from tessera.server.store import ClientStore
 
     await admin.client("svc")
     assert (await post_token(client, {"grant_type": "client_credentials"}, headers=basic("svc", SECRET)))[0] == 200

@@ -1,4 +1,4 @@
-"""Compact JSON (answers, JWT claims): what keys.compact_json writes is what json.dumps writes
+"""Compact JSON (answers, JWT claims): what tessera.keys.compact_json writes is what json.dumps writes
 without whitespace and with UTF-8 in place of \\u escapes, for any JSON value."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _reference(value: object) -> bytes:
     {1: "int key"}, {"big": 2**70},
 ])
 def test_answers_are_encoded_as_json_dumps_would(body):
-    from keys.compact_json import dumps
+    from tessera.keys.compact_json import dumps
 
     assert dumps(body) == _reference(body)
 
@@ -39,7 +39,7 @@ _values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.
 @settings(max_examples=1500, deadline=None)
 @given(_values)
 def test_any_json_value_is_encoded_as_json_dumps_would(value):
-    from keys.compact_json import dumps
+    from tessera.keys.compact_json import dumps
 
     encoded = dumps(value)
     assert encoded == _reference(value)
@@ -51,6 +51,6 @@ def test_any_json_value_is_encoded_as_json_dumps_would(value):
                     | st.dictionaries(_text, inner, max_size=4), max_leaves=8))
 def test_floats_round_trip(value):
     """Floats may be spelt differently (orjson writes 1e-7 where json writes 1e-07); the value is the same."""
-    from keys.compact_json import dumps
+    from tessera.keys.compact_json import dumps
 
     assert json.loads(dumps(value)) == value

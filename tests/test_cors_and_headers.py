@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from server.app import create_app
-from server.settings import SettingsError, load_settings
+from tessera.server.app import create_app
+from tessera.server.settings import SettingsError, load_settings
 from tests.helpers import basic, post_token
 
 SECRET = "s3cret-s3cret-s3cret"
@@ -147,7 +147,7 @@ def test_hardening_defaults(tmp_path):
 
 async def test_every_routing_outcome_is_answered_with_its_request_id_and_counted(cors_client):
     """Endpoints, the methods they do not take, unknown paths and preflights all pass through the
-    same wrapper (server.middleware.answering): request id, headers, JSON errors, one count each."""
+    same wrapper (tessera.server.http.answering.answering): request id, headers, JSON errors, one count each."""
     from tests.processes import parse_metrics, sample
 
     preflight = {"Origin": APP_ORIGIN, "Access-Control-Request-Method": "GET"}

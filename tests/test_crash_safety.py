@@ -54,8 +54,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from server.refresh import SECRET_NAME, RefreshChain, parse_refresh_token
-from server.store.secrets import server_secret
+from tessera.server.oauth.families import SECRET_NAME, RefreshChain, parse_refresh_token
+from tessera.server.store.secrets import server_secret
 from tests.helpers import basic
 from tests.processes import Process, Processes, free_port, wait_until_ready
 from tests.sessions import APP_GRANTS, PASSWORD, SECRET

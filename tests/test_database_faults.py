@@ -12,10 +12,10 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from server.app import create_app
-from server.passwords import SecretHasher
-from server.settings import load_settings
-from server.store import ClientStore
+from tessera.server.app import create_app
+from tessera.server.oauth.passwords import SecretHasher
+from tessera.server.settings import load_settings
+from tessera.server.store import ClientStore
 from tests.faults import StoppablePostgres, TcpProxy
 from tests.helpers import basic, post_token
 from tests.processes import cli, free_port

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from server.settings import SettingsError, load_settings
+from tessera.server.settings import SettingsError, load_settings
 from tests.faults import TcpProxy
+from tests.helpers import KEK
 from tests.processes import cli, free_port
 
-KEK = "A" * 43
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)  # PostgreSQL protocol: "may we speak TLS?"
 PROTOCOL_3 = 196608
 

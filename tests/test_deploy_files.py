@@ -65,7 +65,8 @@ def test_compose_gives_postgres_two_instances_a_balancer_and_the_resource_server
     assert Path(lb["volumes"][0]["source"]) == DEPLOY / "nginx.conf"
     assert {p["published"] for p in lb["ports"]} == {"8080"}
     resource = services["resource-server"]
-    assert resource["entrypoint"] == ["python", "deploy/resource_server.py"]
+    # The verifier's light install: its own image, built from the Dockerfile's resource-server stage.
+    assert resource["build"]["target"] == "resource-server" and resource["image"] != services["tessera-1"]["image"]
     assert {"TESSERA_ISSUER", "TESSERA_JWKS_URL", "RESOURCE_AUDIENCE", "RESOURCE_HOST", "RESOURCE_PORT"} <= set(resource["environment"])
     assert resource["environment"]["TESSERA_JWKS_URL"] == "http://lb:8080/.well-known/jwks.json"
     assert "/health" in " ".join(resource["healthcheck"]["test"])
@@ -102,7 +103,8 @@ def exec_form(arguments: str) -> list[str]:
 
 def test_dockerfile_is_multi_stage_and_runs_as_an_unprivileged_user_without_build_tools():
     instructions = dockerfile()
-    assert [a for n, a in instructions if n == "FROM"] == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"]
+    assert [a for n, a in instructions if n == "FROM"] == [
+        "${PYTHON_IMAGE} AS resource-server", "${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"]
     stage = final_stage()
     users = [a for n, a in stage if n == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
@@ -112,8 +114,22 @@ def test_dockerfile_is_multi_stage_and_runs_as_an_unprivileged_user_without_buil
     # Nothing secret is baked in.
     baked = " ".join(a for n, a in instructions if n in ("ENV", "ARG"))
     assert "KEY_ENCRYPTION_KEY" not in baked and "DATABASE_URL" not in baked
-    # The build stage drops what only building needs.
-    assert "pip uninstall --yes pgserver pip setuptools wheel" in " ".join(a for n, a in instructions if n == "RUN")
+    # The server's image installs the extra `server`, never `embedded` (pgserver); both stages drop
+    # what only building needs.
+    runs = " ".join(a for n, a in instructions if n == "RUN")
+    assert 'pip install ".[server]"' in runs and "embedded" not in runs and "pgserver" not in runs
+    assert runs.count("pip uninstall --yes pip setuptools wheel") == 2
+
+
+def test_the_build_context_leaves_out_secrets_and_local_state():
+    """.dockerignore: the context is what the images install, nothing else (deploy/secrets/ above all)."""
+    lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert lines[0] == "*"  # everything is left out unless named
+    admitted = [line[1:] for line in lines if line.startswith("!")]
+    assert not any(path.startswith("deploy/secrets") or path in ("deploy/", "deploy") for path in admitted)
+    copied = [a.split()[0] for n, a in dockerfile() if n == "COPY" and not a.startswith("--from")]
+    for source in copied:
+        assert any(source.rstrip("/") == path.rstrip("/") for path in admitted), source
 
 
 def image_env() -> dict[str, str]:
@@ -142,7 +158,8 @@ async def test_the_built_wheel_serves_with_the_images_entry_point_and_passes_its
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-        assert "server/migrations/0001_core.sql" in names and "keys/keyring.py" in names
+        assert "tessera/server/store/migrations/0001_core.sql" in names and "tessera/keys/keyring.py" in names
+        assert not [name for name in names if name.split("/")[0] in ("server", "keys")]
         archive.extractall(site)
     (entry_points,) = site.glob("tessera-*.dist-info/entry_points.txt")
     script = re.search(r"^tessera\s*=\s*(\S+):(\S+)$", entry_points.read_text(), re.M)
@@ -170,7 +187,7 @@ async def test_the_built_wheel_serves_with_the_images_entry_point_and_passes_its
     server = processes.start("image", [sys.executable, "-c", launcher, *command], run_env, cwd=workdir)
     await wait_until_ready(f"http://127.0.0.1:{port}/readyz", server)
     served_from = subprocess.run(
-        [sys.executable, "-c", "import server.cli; print(server.cli.__file__)"], env=run_env, cwd=workdir,
+        [sys.executable, "-c", "import tessera.server.cli; print(tessera.server.cli.__file__)"], env=run_env, cwd=workdir,
         capture_output=True, text=True,
     )
     assert served_from.stdout.startswith(str(site))  # the wheel, not this checkout

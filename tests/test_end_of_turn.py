@@ -1,11 +1,11 @@
-"""server.end_of_turn: what is noted in one turn of the event loop is handed over together at its end."""
+"""tessera.server.ops.end_of_turn: what is noted in one turn of the event loop is handed over together at its end."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 
-from server.end_of_turn import EndOfTurn
+from tessera.server.ops.end_of_turn import EndOfTurn
 
 
 async def test_items_of_one_turn_are_processed_together_at_its_end_and_later_ones_apart():

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from server.janitor import FAMILY_RETENTION, SECURITY_EVENT_RETENTION, Janitor, collect_garbage
+from tessera.server.tasks.janitor import FAMILY_RETENTION, SECURITY_EVENT_RETENTION, Janitor, collect_garbage
 from tests.sessions import APP_GRANTS, PASSWORD, login, refresh
 from tests.test_cli import tessera
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from argon2 import PasswordHasher
 
-from server.store import UserStore
-from tests.helpers import basic, fetch_jwks, post_token, verify_with_joserfc
+from tessera.server.store import UserStore
+from tests.helpers import PASSWORD, SECRET, basic, fetch_jwks, post_token, verify_with_joserfc
 
-PASSWORD = "correct horse battery staple"
 
 
 async def _login(http, username="alice", password=PASSWORD, **extra):
     form = {"grant_type": "password", "username": username, "password": password, **extra}
-    return await post_token(http, form, headers=basic("app", "s3cret-s3cret-s3cret"))
+    return await post_token(http, form, headers=basic("app", SECRET))
 
 
 async def test_password_grant_issues_a_user_token_with_auth_time(client, admin, clock):
@@ -46,7 +45,7 @@ async def test_wrong_password_unknown_user_and_disabled_user_get_the_same_answer
 async def test_missing_username_or_password_is_invalid_request(client, admin):
     await admin.client("app", grant_types=("password",))
     status, body, _ = await post_token(
-        client, {"grant_type": "password", "username": "alice"}, headers=basic("app", "s3cret-s3cret-s3cret")
+        client, {"grant_type": "password", "username": "alice"}, headers=basic("app", SECRET)
     )
     assert status == 400 and body["error"] == "invalid_request"
 

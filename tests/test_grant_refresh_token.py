@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from server.refresh import parse_refresh_token
+from tessera.server.oauth.families import parse_refresh_token
 from tests.helpers import basic, fetch_jwks, post_token, verify_with_joserfc
 from tests.sessions import APP_GRANTS, PASSWORD, family_id_of, family_row, login, refresh, server_with
 

@@ -10,9 +10,9 @@ import pytest
 from joserfc import jws, jwt
 from joserfc.jwk import ECKey, import_key
 
-from keys import kek as kek_box
-from keys.signer import b64url
-from server.settings import decode_kek
+from tessera.keys import kek as kek_box
+from tessera.keys.signer import b64url
+from tessera.server.settings import decode_kek
 from tests.helpers import basic, decode_segment, post_token
 from tests.sessions import APP_GRANTS, PASSWORD, SECRET, call, login, refresh, server_with
 

@@ -8,16 +8,16 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from joserfc.errors import BadSignatureError
 
-from keys import kek as kek_box
-from server.app import create_app
-from server.settings import load_settings
-from tests.helpers import basic, fetch_jwks, post_token, verify_with_joserfc
+from tessera.keys import kek as kek_box
+from tessera.server.app import create_app
+from tessera.server.settings import load_settings
+from tests.helpers import SECRET, basic, fetch_jwks, post_token, verify_with_joserfc
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 
 
 async def _token(http) -> str:
-    _, body, _ = await post_token(http, {"grant_type": "client_credentials"}, headers=basic("svc", "s3cret-s3cret-s3cret"))
+    _, body, _ = await post_token(http, {"grant_type": "client_credentials"}, headers=basic("svc", SECRET))
     return body["access_token"]
 
 

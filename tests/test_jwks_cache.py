@@ -1,6 +1,6 @@
-"""keys.jwks_cache: how often the issuer is asked for its keys, and what happens when it cannot answer.
+"""tessera.keys.jwks_cache: how often the issuer is asked for its keys, and what happens when it cannot answer.
 
-Time is a ManualClock handed to the cache, so freshness, cooldown and stale-if-error are tested
+Time is a FakeClock handed to the cache, so freshness, cooldown and stale-if-error are tested
 without sleeping. The issuer is a real HTTP server on 127.0.0.1.
 """
 
@@ -18,13 +18,17 @@ from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 from joserfc.util import int_to_base64
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from keys import CachePolicy, JWKSCache, JWKSUnavailable, UnknownKey, Verifier
-from keys.jwks_cache import freshness_lifetime, metadata_urls, parse_jwks
+from tessera.keys import CachePolicy, JWKSCache, JWKSUnavailable, UnknownKey, Verifier
+from tessera.keys.jwks_cache import freshness_lifetime, metadata_urls, parse_jwks
 
 try:  # tests/ as a package, or as a plain directory on sys.path
-    from tests.verifier_fixtures import AUDIENCE, LocalIssuer, ManualClock, running_issuer, sign
+    from tests.helpers import FakeClock, eventually
+    from tests.verifier_fixtures import AUDIENCE, LocalIssuer, running_issuer, sign
 except ModuleNotFoundError:
-    from verifier_fixtures import AUDIENCE, LocalIssuer, ManualClock, running_issuer, sign  # type: ignore[no-redef, import-not-found]
+    from helpers import FakeClock, eventually  # type: ignore[no-redef, import-not-found]
+    from verifier_fixtures import AUDIENCE, LocalIssuer, running_issuer, sign  # type: ignore[no-redef, import-not-found]
+
+START = 1_000_000.0  # the clock's start: a fixed Unix time, so that tests can name instants
 
 
 @pytest.fixture
@@ -34,12 +38,12 @@ async def issuer() -> AsyncIterator[LocalIssuer]:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock() -> FakeClock:
+    return FakeClock(START)
 
 
 @pytest.fixture
-async def cache(issuer: LocalIssuer, clock: ManualClock) -> AsyncIterator[JWKSCache]:
+async def cache(issuer: LocalIssuer, clock: FakeClock) -> AsyncIterator[JWKSCache]:
     async with JWKSCache(issuer.jwks_url, clock=clock) as jwks:
         yield jwks
 
@@ -64,7 +68,7 @@ async def settle() -> None:
 
 
 async def test_new_key_is_picked_up_on_unknown_kid_with_one_fetch_for_50_concurrent_verifications(
-    issuer: LocalIssuer, verifier: Verifier, clock: ManualClock
+    issuer: LocalIssuer, verifier: Verifier, clock: FakeClock
 ) -> None:
     await verifier.verify(issuer.issue())
     assert issuer.jwks_requests == 1
@@ -88,7 +92,7 @@ async def test_cold_cache_makes_one_fetch_for_50_concurrent_verifications(
 
 
 async def test_unknown_kid_inside_the_cooldown_causes_no_fetch(
-    issuer: LocalIssuer, verifier: Verifier, clock: ManualClock
+    issuer: LocalIssuer, verifier: Verifier, clock: FakeClock
 ) -> None:
     await verifier.verify(issuer.issue())
     clock.advance(31)
@@ -108,7 +112,7 @@ async def test_unknown_kid_inside_the_cooldown_causes_no_fetch(
 
 
 async def test_next_key_published_ahead_verifies_without_a_fetch(
-    issuer: LocalIssuer, verifier: Verifier, clock: ManualClock
+    issuer: LocalIssuer, verifier: Verifier, clock: FakeClock
 ) -> None:
     next_key = issuer.add_key("ES256", activate=False)  # Tessera pre-publishes its next key
     await verifier.verify(issuer.issue())
@@ -119,7 +123,7 @@ async def test_next_key_published_ahead_verifies_without_a_fetch(
 
 
 async def test_revoked_key_stops_verifying_once_the_set_is_refreshed(
-    issuer: LocalIssuer, verifier: Verifier, clock: ManualClock
+    issuer: LocalIssuer, verifier: Verifier, clock: FakeClock
 ) -> None:
     survivor = issuer.add_key("ES256", activate=False)
     revoked_token = issuer.issue()
@@ -136,7 +140,7 @@ async def test_revoked_key_stops_verifying_once_the_set_is_refreshed(
 
 
 async def test_made_up_kids_cannot_make_the_verifier_hammer_the_issuer(
-    issuer: LocalIssuer, verifier: Verifier, clock: ManualClock
+    issuer: LocalIssuer, verifier: Verifier, clock: FakeClock
 ) -> None:
     await verifier.verify(issuer.issue())
     for n in range(100):
@@ -151,7 +155,7 @@ async def test_made_up_kids_cannot_make_the_verifier_hammer_the_issuer(
 # -- freshness ------------------------------------------------------------------------------------
 
 
-async def test_max_age_is_honoured(issuer: LocalIssuer, verifier: Verifier, clock: ManualClock) -> None:
+async def test_max_age_is_honoured(issuer: LocalIssuer, verifier: Verifier, clock: FakeClock) -> None:
     issuer.max_age = 120
     token = issuer.issue()
     await verifier.verify(token)
@@ -192,7 +196,7 @@ async def test_age_header_shortens_the_lifetime() -> None:
 
 
 async def test_no_store_answer_is_still_cached_for_the_minimum(
-    issuer: LocalIssuer, verifier: Verifier, clock: ManualClock
+    issuer: LocalIssuer, verifier: Verifier, clock: FakeClock
 ) -> None:
     issuer.cache_control = "no-store"
     token = issuer.issue()
@@ -202,7 +206,7 @@ async def test_no_store_answer_is_still_cached_for_the_minimum(
     assert issuer.jwks_requests == 1
 
 
-async def test_not_modified_keeps_the_set(issuer: LocalIssuer, verifier: Verifier, clock: ManualClock) -> None:
+async def test_not_modified_keeps_the_set(issuer: LocalIssuer, verifier: Verifier, clock: FakeClock) -> None:
     token = issuer.issue()
     await verifier.verify(token)
     clock.advance(301)
@@ -215,7 +219,7 @@ async def test_not_modified_keeps_the_set(issuer: LocalIssuer, verifier: Verifie
     assert issuer.jwks_requests == 2  # the 304 renewed the freshness too
 
 
-async def test_changed_set_replaces_the_etag(issuer: LocalIssuer, verifier: Verifier, clock: ManualClock) -> None:
+async def test_changed_set_replaces_the_etag(issuer: LocalIssuer, verifier: Verifier, clock: FakeClock) -> None:
     await verifier.verify(issuer.issue())
     issuer.add_key("ES256")
     clock.advance(301)
@@ -231,20 +235,20 @@ async def test_changed_set_replaces_the_etag(issuer: LocalIssuer, verifier: Veri
 
 
 async def test_cached_keys_keep_verifying_while_the_issuer_is_down(
-    issuer: LocalIssuer, verifier: Verifier, clock: ManualClock
+    issuer: LocalIssuer, verifier: Verifier, clock: FakeClock
 ) -> None:
     token = issuer.issue(exp=2_000_000_000)
     await verifier.verify(token)
     await issuer.stop()
 
     for hours in range(1, 24):
-        clock.now = 1_000_000.0 + hours * 3600  # max-age long gone, inside 300 s + 24 h stale-if-error
+        clock.now = START + hours * 3600  # max-age long gone, inside 300 s + 24 h stale-if-error
         assert await verifier.verify(token)
         await settle()
 
 
 async def test_after_stale_if_error_expiry_jwks_unavailable_is_raised(
-    issuer: LocalIssuer, verifier: Verifier, clock: ManualClock
+    issuer: LocalIssuer, verifier: Verifier, clock: FakeClock
 ) -> None:
     token = issuer.issue(exp=2_000_000_000)
     await verifier.verify(token)
@@ -259,7 +263,7 @@ async def test_after_stale_if_error_expiry_jwks_unavailable_is_raised(
 
 
 async def test_service_resumes_when_the_issuer_returns(
-    issuer: LocalIssuer, verifier: Verifier, clock: ManualClock
+    issuer: LocalIssuer, verifier: Verifier, clock: FakeClock
 ) -> None:
     token = issuer.issue(exp=2_000_000_000)
     await verifier.verify(token)
@@ -274,7 +278,7 @@ async def test_service_resumes_when_the_issuer_returns(
     assert issuer.jwks_not_modified == 1  # the set we still held was confirmed by its ETag
 
 
-async def test_jwks_unavailable_when_no_set_could_ever_be_fetched(issuer: LocalIssuer, clock: ManualClock) -> None:
+async def test_jwks_unavailable_when_no_set_could_ever_be_fetched(issuer: LocalIssuer, clock: FakeClock) -> None:
     issuer.jwks_status = 503
     async with JWKSCache(issuer.jwks_url, clock=clock) as cache:
         async with Verifier(issuer.url, AUDIENCE, jwks_cache=cache) as verifier:
@@ -301,7 +305,7 @@ async def test_jwks_unavailable_when_the_issuer_is_down_from_the_start(issuer: L
 
 
 async def test_failing_refresh_keeps_the_stale_set_serving(
-    issuer: LocalIssuer, verifier: Verifier, clock: ManualClock
+    issuer: LocalIssuer, verifier: Verifier, clock: FakeClock
 ) -> None:
     token = issuer.issue(exp=2_000_000_000)
     await verifier.verify(token)
@@ -314,7 +318,7 @@ async def test_failing_refresh_keeps_the_stale_set_serving(
     assert issuer.jwks_requests == 3  # t=301 and t=306 (retry interval 5 s); not once per call
 
 
-async def test_a_slow_issuer_times_out_and_the_stale_set_serves(clock: ManualClock) -> None:
+async def test_a_slow_issuer_times_out_and_the_stale_set_serves(clock: FakeClock) -> None:
     async with running_issuer("ES256") as issuer:
         async with JWKSCache(issuer.jwks_url, clock=clock, policy=CachePolicy(timeout=0.2)) as cache:
             async with Verifier(issuer.url, AUDIENCE, jwks_cache=cache) as verifier:
@@ -360,8 +364,7 @@ async def test_closing_during_a_fetch_fails_the_waiting_verifications_cleanly() 
     try:
         verifier = Verifier(f"http://127.0.0.1:{port}", AUDIENCE)
         waiting = asyncio.create_task(verifier.verify("eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImsifQ.e30.AA"))
-        while not writers:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: writers, interval=0.01, what="a connection to the silent issuer")
         await verifier.close()
         with pytest.raises(JWKSUnavailable):
             await waiting
@@ -446,7 +449,7 @@ def test_a_document_that_is_not_a_jwk_set_is_refused(document: Any) -> None:
 
 
 async def test_a_jwks_that_is_not_json_leaves_the_old_set_serving(
-    issuer: LocalIssuer, verifier: Verifier, clock: ManualClock
+    issuer: LocalIssuer, verifier: Verifier, clock: FakeClock
 ) -> None:
     token = issuer.issue(exp=2_000_000_000)
     await verifier.verify(token)
@@ -458,7 +461,7 @@ async def test_a_jwks_that_is_not_json_leaves_the_old_set_serving(
     assert await verifier.verify(token)
 
 
-async def test_an_oversized_jwks_is_refused(issuer: LocalIssuer, clock: ManualClock) -> None:
+async def test_an_oversized_jwks_is_refused(issuer: LocalIssuer, clock: FakeClock) -> None:
     issuer.extra_jwks.append({"kty": "oct", "kid": "filler", "k": "A" * 600_000})
     async with JWKSCache(issuer.jwks_url, clock=clock) as cache:
         async with Verifier(issuer.url, AUDIENCE, jwks_cache=cache) as verifier:
@@ -477,7 +480,7 @@ def test_metadata_url_follows_rfc_8414_for_issuers_with_a_path() -> None:
     ]
 
 
-async def test_discovery_happens_once(issuer: LocalIssuer, clock: ManualClock) -> None:
+async def test_discovery_happens_once(issuer: LocalIssuer, clock: FakeClock) -> None:
     async with JWKSCache(issuer=issuer.url, clock=clock) as cache:
         async with Verifier(issuer.url, AUDIENCE, jwks_cache=cache) as verifier:
             await verifier.verify(issuer.issue())

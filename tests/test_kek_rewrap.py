@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from keys import kek as kek_box
-from keys.lifecycle import key_roles
-from server.store import PgKeyStore
-from server.store.keys import RewrapError
-from server.store.secrets import server_secret
-from tests.helpers import basic, post_token, verify_with_joserfc
+from tessera.keys import kek as kek_box
+from tessera.keys.lifecycle import key_roles
+from tessera.server.store import PgKeyStore
+from tessera.server.store.keys import RewrapError
+from tessera.server.store.secrets import server_secret
+from tests.helpers import SECRET, basic, post_token, verify_with_joserfc
 from tests.key_helpers import FAST_KEYS, eventually, in_process_server, jwks_of, kek_bytes, lifecycle_on, new_key
 
 
@@ -41,7 +41,7 @@ def _opens(kek: bytes, blobs: dict[str, bytes]) -> set[str]:
 
 
 async def _signs(http) -> str:
-    status, body, _ = await post_token(http, {"grant_type": "client_credentials"}, headers=basic("svc", "s3cret-s3cret-s3cret"))
+    status, body, _ = await post_token(http, {"grant_type": "client_credentials"}, headers=basic("svc", SECRET))
     assert status == 200, body
     return verify_with_joserfc(body["access_token"], (await jwks_of(http))[0]).header["kid"]
 

@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 from joserfc.errors import InvalidKeyIdError
 
-from server.store.keys import KEYS_LOCK_ID
-from tests.helpers import basic, verify_with_joserfc
+from tessera.server.store.keys import KEYS_LOCK_ID
+from tests.helpers import SECRET, basic, verify_with_joserfc
 from tests.key_helpers import eventually, jwks_of, lifecycle_on, server_processes
 from tests.processes import clean_env
 from tests.test_cli import tessera
@@ -24,7 +24,7 @@ ACTIVATABLE = (
 
 async def _token(session: aiohttp.ClientSession, url: str) -> str:
     async with session.post(f"{url}/token", data={"grant_type": "client_credentials"},
-                            headers=basic("svc", "s3cret-s3cret-s3cret")) as response:
+                            headers=basic("svc", SECRET)) as response:
         body = await response.json()
         assert response.status == 200, body
         return body["access_token"]
@@ -82,7 +82,7 @@ async def test_concurrent_rotate_commands_from_several_processes_make_exactly_on
     # Hold the key lock so that every command is waiting at the same point, then let them race.
     await db_conn.execute("SELECT pg_advisory_lock($1)", KEYS_LOCK_ID)
     processes = [
-        subprocess.Popen([sys.executable, "-m", "server.cli", "keys", "rotate"], env=clean_env({**env, **settings}),
+        subprocess.Popen([sys.executable, "-m", "tessera.server.cli", "keys", "rotate"], env=clean_env({**env, **settings}),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(6)
     ]

@@ -10,10 +10,10 @@ import asyncpg
 import pytest
 from joserfc.errors import InvalidKeyIdError
 
-from keys.keyring import Keyring
-from keys.lifecycle import RETIRED_KEY_LEEWAY, NotPublishedLongEnough, UnknownKey, key_roles
-from server.key_scheduler import KeyScheduler
-from server.store import PgKeyStore
+from tessera.keys.keyring import Keyring
+from tessera.keys.lifecycle import RETIRED_KEY_LEEWAY, NotPublishedLongEnough, NoSuchKey, key_roles
+from tessera.server.tasks.key_scheduler import KeyScheduler
+from tessera.server.store import PgKeyStore
 from tests.helpers import basic, post_token, verify_with_joserfc
 from tests.key_helpers import FAST_KEYS, eventually, in_process_server, jwks_of, kek_bytes, lifecycle_for, lifecycle_on, new_key
 
@@ -105,7 +105,7 @@ async def test_many_concurrent_schedulers_make_exactly_one_rotation_per_interval
         await lifecycle_for(pools[0], env, clock, **FAST_KEYS).prepare()
         schedulers = [  # eight instances, each on its own connection, ticking at the same moment
             KeyScheduler(
-                "unused", Keyring(PgKeyStore(pool), kek_bytes(env["TESSERA_KEY_ENCRYPTION_KEY"]), clock=clock),
+                Keyring(PgKeyStore(pool), kek_bytes(env["TESSERA_KEY_ENCRYPTION_KEY"]), clock=clock),
                 lifecycle_for(pool, env, clock, **FAST_KEYS), reload_interval=0.05, clock=clock,
             )
             for pool in pools
@@ -132,7 +132,7 @@ async def test_a_change_reaches_an_instance_through_notify_without_waiting_for_i
 
 async def test_the_listener_reconnects_after_its_connection_is_killed(env, clock, admin, db_conn):
     await admin.client("svc")
-    listeners = "SELECT pid FROM pg_stat_activity WHERE application_name = 'tessera-keys' AND datname = current_database()"
+    listeners = "SELECT pid FROM pg_stat_activity WHERE application_name = 'tessera-listen' AND datname = current_database()"
     async with in_process_server(env, clock, **{**FAST_KEYS, "TESSERA_KEY_RELOAD_INTERVAL": "300"}) as http:
         _, kids = await jwks_of(http)
         first = await eventually(lambda: db_conn.fetchval(listeners), what="listener connected")
@@ -228,7 +228,7 @@ async def test_revoking_twice_is_harmless_and_an_unknown_kid_is_refused(env, clo
         rotation = await lifecycle.rotate(force=True)
         assert (await lifecycle.revoke(rotation.retired.kid)).previous_state == "retired"
         assert (await lifecycle.revoke(rotation.retired.kid)).previous_state == "revoked"
-        with pytest.raises(UnknownKey):
+        with pytest.raises(NoSuchKey):
             await lifecycle.revoke("no-such-kid")
 
 

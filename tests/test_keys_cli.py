@@ -8,7 +8,7 @@ import secrets
 
 import pytest
 
-from server.settings import SettingsError, load_settings
+from tessera.server.settings import SettingsError, load_settings
 from tests.key_helpers import lifecycle_on
 from tests.test_cli import tessera
 

@@ -13,9 +13,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from keys import kek as kek_box
-from server import logs
-from server.settings import decode_kek
+from tessera.keys import kek as kek_box
+from tessera.server.ops import logs
+from tessera.server.settings import decode_kek
 from tests.helpers import basic
 from tests.processes import cli, free_port, wait_until_ready
 
@@ -107,7 +107,7 @@ async def test_a_full_flow_leaves_no_secret_token_or_password_in_the_logs(proces
 
 
 def test_a_credential_that_reaches_a_log_line_by_accident_is_masked():
-    from server.logs import JsonFormatter
+    from tessera.server.ops.logs import JsonFormatter
 
     jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzdmMifQ.c2lnbmF0dXJl"
     message = f"boom postgresql://tessera:hunter2@db:5432/x tsr_{'a' * 43} {jwt} {jwt[:30]}"
@@ -119,7 +119,7 @@ def test_a_credential_that_reaches_a_log_line_by_accident_is_masked():
 
 
 def test_the_request_line_shortcut_writes_what_the_formatter_would():
-    from server.logs import JsonFormatter, JsonLineHandler
+    from tessera.server.ops.logs import JsonFormatter, JsonLineHandler
 
     jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzdmMifQ.c2ln"
     cases = (
@@ -147,7 +147,7 @@ def test_the_request_line_shortcut_writes_what_the_formatter_would():
 def test_the_request_lines_timestamp_is_the_formatters_to_the_millisecond():
     import time
 
-    from server.logs import _timestamp
+    from tessera.server.ops.logs import _timestamp
 
     for now in (1_700_000_000.0, 1_700_000_000.0004, 1_700_000_000.9996, 1_700_000_001.0, 1_700_000_059.999, 1_700_000_060.25):
         expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(now))) + f".{int(now * 1000) % 1000:03d}Z"

@@ -12,9 +12,9 @@ import time
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 
-from server import events
-from server.app import create_app
-from server.settings import load_settings
+from tessera.server.ops import events
+from tessera.server.app import create_app
+from tessera.server.settings import load_settings
 from tests.helpers import basic, post_token
 from tests.key_helpers import eventually
 from tests.processes import Process, free_port, parse_metrics, sample, wait_until_ready
@@ -64,7 +64,7 @@ async def test_metrics_after_a_scripted_flow_show_exact_counts(client, admin):
 
 
 async def test_requests_are_counted_at_the_end_of_their_turn_and_a_scrape_counts_what_is_pending():
-    from server.metrics import Metrics
+    from tessera.server.ops.metrics import Metrics
 
     series = Metrics()
     for status in (200, 200, 400):
@@ -195,14 +195,14 @@ async def test_metrics_from_any_worker_add_up_across_workers(processes, env, adm
         assert sample(m, "tessera_http_requests_total", endpoint="/token", method="POST", status="200") == 12
         assert sample(m, "tessera_db_pool_max_connections") == 6  # 2 workers x TESSERA_DB_POOL_SIZE
 
-    # Request lines reach stderr within server.logs.LOG_FLUSH_SECONDS of their answers.
+    # Request lines reach stderr within tessera.server.ops.logs.LOG_FLUSH_SECONDS of their answers.
     async def both_workers_logged() -> set[int] | None:
         served = {line["pid"] for line in server.log_lines() if line.get("path") == "/token"}
         return served if len(served) == 2 else None
 
     served_by = await eventually(both_workers_logged, timeout=10, what="a /token line from each worker")
     assert served_by == set(worker_pids(server.log_lines()).values())
-    # Each worker froze its start-up heap (server.serve.settle_heap): tens of thousands of objects
+    # Each worker froze its start-up heap (tessera.server.serve.settle_heap): tens of thousands of objects
     # that its full collections no longer walk.
     frozen = [line["gc_frozen_objects"] for line in server.log_lines() if line.get("msg") == "listening"]
     assert len(frozen) == 2 and min(frozen) > 10_000, frozen
@@ -243,7 +243,7 @@ async def test_a_killed_worker_is_replaced_and_its_counts_are_kept(processes, en
 
 
 async def test_requests_in_flight_are_counted_from_start_to_answer_or_drop_and_a_scrape_sees_them():
-    from server.metrics import Metrics
+    from tessera.server.ops.metrics import Metrics
 
     series = Metrics()
 
@@ -263,7 +263,7 @@ async def test_requests_in_flight_are_counted_from_start_to_answer_or_drop_and_a
 
 
 async def test_counts_of_one_turn_are_summed_into_one_increment_per_series():
-    from server.metrics import Metrics
+    from tessera.server.ops.metrics import Metrics
 
     series = Metrics()
     increments: list[float] = []

@@ -6,7 +6,7 @@ import asyncio
 
 import asyncpg
 
-from server import db
+from tessera.server.store import db
 from tests.helpers import with_database
 
 

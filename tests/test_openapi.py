@@ -15,15 +15,15 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
-from server.app import create_app
-from server.passwords import SecretHasher
-from server.settings import load_settings
-from server.store import ClientStore, UserStore
+from tessera.server.app import create_app
+from tessera.server.oauth.passwords import SecretHasher
+from tessera.server.settings import load_settings
+from tessera.server.store import ClientStore, UserStore
 from tests.conftest import FAST_ARGON2, TABLES_KEPT
 from tests.helpers import basic
 from tests.processes import tessera_serve
 
-DOCUMENT = Path(__file__).parent.parent / "server" / "openapi.json"
+DOCUMENT = Path(__file__).parent.parent / "server" / "http" / "openapi.json"
 SECRET = "s3cret-s3cret-s3cret"
 CONTRACT_PATHS = {
     "/token", "/revoke", "/introspect", "/.well-known/jwks.json", "/.well-known/oauth-authorization-server",
@@ -34,7 +34,7 @@ CONTRACT_PATHS = {
 def _served_paths() -> set[str]:
     """What this build serves; endpoints of the contract not built yet are left out of the run."""
     app = create_app(load_settings({}, require_kek=False))
-    # Less the catch-all route that answers every other path with 404 (server.views.add_routes).
+    # Less the catch-all route that answers every other path with 404 (tessera.server.http.views.add_routes).
     return {resource.canonical for resource in app.router.resources() if "{" not in resource.canonical}
 
 

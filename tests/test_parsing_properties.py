@@ -9,9 +9,9 @@ from urllib.parse import quote, quote_plus, urlencode
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from server.client_auth import extract_credentials, parse_basic
-from server.errors import OAuthError
-from server.forms import MAX_PARAMETERS, MAX_VALUE_LENGTH, parse_form
+from tessera.server.oauth.client_auth import extract_credentials, parse_basic
+from tessera.server.oauth.errors import OAuthError
+from tessera.server.http.forms import MAX_PARAMETERS, MAX_VALUE_LENGTH, parse_form
 
 EXAMPLES = settings(max_examples=300, deadline=None)
 
@@ -48,11 +48,11 @@ def test_any_body_parses_or_is_an_oauth_error(body):
 @example("&".join(["p=1"] * MAX_PARAMETERS) + "&&")
 @example("a=%C3")
 def test_the_form_is_split_and_decoded_as_parse_qsl_does(text):
-    """server.forms reads pairs without urllib's per-parameter work, and must read exactly what
+    """tessera.server.http.forms reads pairs without urllib's per-parameter work, and must read exactly what
     urllib.parse.parse_qsl reads (or refuse exactly what it refuses)."""
     from urllib.parse import parse_qsl
 
-    from server.forms import _pairs
+    from tessera.server.http.forms import _pairs
 
     def outcome(parse):
         try:

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 import aiohttp
 import pytest
 
-from server.refresh import MAX_CHAIN_WALK, SECRET_NAME, RefreshChain, RefreshToken, parse_refresh_token
-from server.store.secrets import server_secret
+from tessera.server.oauth.families import MAX_CHAIN_WALK, SECRET_NAME, RefreshChain, RefreshToken, parse_refresh_token
+from tessera.server.store.secrets import server_secret
 from tests.helpers import basic
 from tests.processes import Processes, free_port, wait_until_ready
 from tests.sessions import (

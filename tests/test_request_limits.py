@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.helpers import basic, post_token
+from tests.helpers import SECRET, basic, post_token
 
 CLIENT_TIMEOUT = 1.5
-SECRET = "s3cret-s3cret-s3cret"
 
 
 @pytest.fixture
@@ -199,14 +198,14 @@ async def test_idle_and_slow_connections_do_not_delay_other_requests(client, adm
             writer.close()
 
 
-# --- the server's clock (server.limits.Deadlines), one timer for every request in flight -----------
+# --- the server's clock (tessera.server.http.limits.Deadlines), one timer for every request in flight -----------
 
 
 def _bounded(handler: Any, answer_within: float) -> tuple[Any, Any, Any]:
     from aiohttp import web
     from aiohttp.test_utils import make_mocked_request
 
-    from server.limits import DEADLINES, Deadlines, with_deadline
+    from tessera.server.http.limits import DEADLINES, Deadlines, with_deadline
 
     app = web.Application()
     keeper = Deadlines(client_timeout=5.0, answer_within=answer_within)
@@ -217,7 +216,7 @@ def _bounded(handler: Any, answer_within: float) -> tuple[Any, Any, Any]:
 async def test_an_answer_not_ready_in_time_is_a_timeout_error_a_tick_after_its_deadline():
     from aiohttp import web
 
-    from server.limits import DEADLINE_TICK_SECONDS
+    from tessera.server.http.limits import DEADLINE_TICK_SECONDS
 
     async def stuck(request: Any) -> web.Response:
         await asyncio.sleep(60)

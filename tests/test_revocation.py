@@ -6,7 +6,7 @@ import secrets
 
 import pytest
 
-from server.refresh import RefreshToken, parse_refresh_token
+from tessera.server.oauth.families import RefreshToken, parse_refresh_token
 from tests.helpers import basic, post_token
 from tests.sessions import APP_GRANTS, PASSWORD, SECRET, call, family_row, login, refresh
 

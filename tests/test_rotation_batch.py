@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from server import db
-from server.store.families import ROTATE_SQL, FamilyStore
-from server.store.rotation_batch import RotationBatcher
+from tessera.server.store import db
+from tessera.server.store.families import ROTATE_SQL, FamilyStore
+from tessera.server.store.rotation_batch import RotationBatcher
 from tests.test_garbage_collection import LIVE, _families, owner  # noqa: F401  (the fixture)
 
 NOW = datetime.now(UTC)

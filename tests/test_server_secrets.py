@@ -7,8 +7,8 @@ import base64
 
 import pytest
 
-from keys import kek as kek_box
-from server.store.secrets import server_secret
+from tessera.keys import kek as kek_box
+from tessera.server.store.secrets import server_secret
 
 
 async def test_concurrent_first_uses_agree_on_one_sealed_secret(db_conn, clean_database, kek):

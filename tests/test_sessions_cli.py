@@ -7,7 +7,7 @@ import json
 import asyncpg
 import pytest
 
-from server.store import UserStore
+from tessera.server.store import UserStore
 from tests.sessions import APP_GRANTS, PASSWORD, call, family_id_of, family_row, login, refresh
 from tests.test_cli import tessera
 

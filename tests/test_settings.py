@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from server.settings import SettingsError, load_settings
+from tessera.server.settings import SettingsError, load_settings
+from tests.helpers import KEK
 
-KEK = "A" * 43
 
 
 def test_defaults_follow_the_contract(tmp_path):

@@ -12,11 +12,9 @@ from dataclasses import dataclass
 import aiohttp
 from joserfc.jwk import KeySet
 
-from tests.helpers import basic, verify_with_joserfc
+from tests.helpers import PASSWORD, SECRET, basic, verify_with_joserfc
 from tests.processes import free_port, wait_until_ready
 
-SECRET = "s3cret-s3cret-s3cret"
-PASSWORD = "correct horse battery staple"
 DELAY = 1.0
 
 

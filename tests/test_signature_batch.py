@@ -1,4 +1,4 @@
-"""Signatures asked for in one turn of the event loop are made together, at its end (server.tokens).
+"""Signatures asked for in one turn of the event loop are made together, at its end (tessera.server.oauth.tokens).
 
 Real keys, real signatures, checked with joserfc. What a caller relies on: every token is its own
 and valid, a cancelled request costs no signature, one failing signature fails only its request.
@@ -14,9 +14,9 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 
-from keys import material
-from keys.signer import Signer
-from server.tokens import SignatureBatch
+from tessera.keys import material
+from tessera.keys.signer import Signer
+from tessera.server.oauth.tokens import SignatureBatch
 
 
 class RecordingSigner(Signer):

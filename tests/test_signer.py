@@ -1,4 +1,4 @@
-"""keys.signer.der_to_jose: the R || S of RFC 7518 section 3.4, read from OpenSSL's DER by slicing,
+"""tessera.keys.signer.der_to_jose: the R || S of RFC 7518 section 3.4, read from OpenSSL's DER by slicing,
 equals what decode_dss_signature gives, for every length R and S can have."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-from keys.signer import der_to_jose
+from tessera.keys.signer import der_to_jose
 
 
 def _reference(der: bytes, size: int) -> bytes:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from server.app import create_app
-from server.settings import load_settings
+from tessera.server.app import create_app
+from tessera.server.settings import load_settings
 from tests.helpers import basic, post_token, within_notification
 
 SECRET = "s3cret-s3cret-s3cret"
@@ -228,7 +228,7 @@ async def test_usernames_and_addresses_are_not_stored_in_the_clear(client, app_c
 
 
 def test_ipv6_clients_are_counted_per_64_prefix():
-    from server.throttle import address_key
+    from tessera.server.oauth.throttle import address_key
 
     assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
     assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")

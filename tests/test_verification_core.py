@@ -1,4 +1,4 @@
-"""keys.verifier.AccessTokenVerifier, the core that keys.Verifier feeds from the JWKS over HTTP,
+"""tessera.keys.verifier.AccessTokenVerifier, the core that keys.Verifier feeds from the JWKS over HTTP,
 fed here from a FixedKeySet, as the token server feeds it from its keyring."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from keys import (
+from tessera.keys import (
     BadSignature,
     Expired,
     InvalidTokenType,
@@ -19,14 +19,13 @@ from keys import (
     UnsupportedAlgorithm,
     WrongAudience,
 )
-from keys.verifier import AccessTokenVerifier, FixedKeySet
-from tests.helpers import decode_segment
+from tessera.keys.verifier import AccessTokenVerifier, FixedKeySet
+from tests.helpers import FakeClock, decode_segment
 from tests.verifier_fixtures import (
     ALL_ALGORITHMS,
     AUDIENCE,
     DROP,
     LocalIssuer,
-    ManualClock,
     b64url,
     issuer,  # noqa: F401  (the fixture)
     unsigned_token,
@@ -60,14 +59,14 @@ async def test_without_an_audience_any_aud_passes_but_one_is_still_required(issu
 async def test_expiry_has_its_own_leeway(issuer: LocalIssuer) -> None:
     token = issuer.issue()
     claims = decode_segment(token.split(".")[1])
-    at_expiry = ManualClock(claims["exp"])
+    at_expiry = FakeClock(claims["exp"])
     assert (await core(issuer, clock=at_expiry).verify(token)).exp == claims["exp"]  # within the 30 s
     with pytest.raises(Expired):
         await core(issuer, clock=at_expiry, expiry_leeway=0).verify(token)
-    early = core(issuer, clock=ManualClock(claims["nbf"] - 30), expiry_leeway=0)
+    early = core(issuer, clock=FakeClock(claims["nbf"] - 30), expiry_leeway=0)
     assert (await early.verify(token)).jti == claims["jti"]  # nbf keeps its leeway
     with pytest.raises(NotYetValid):
-        await core(issuer, clock=ManualClock(claims["nbf"] - 31), expiry_leeway=0).verify(token)
+        await core(issuer, clock=FakeClock(claims["nbf"] - 31), expiry_leeway=0).verify(token)
 
 
 async def test_the_core_refuses_the_attacks(issuer: LocalIssuer) -> None:

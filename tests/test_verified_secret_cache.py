@@ -1,24 +1,17 @@
-"""The verified-secret cache (server.client_auth.VerifiedSecretCache) on its own: what it
+"""The verified-secret cache (tessera.server.oauth.client_auth.VerifiedSecretCache) on its own: what it
 recognises, for how long, and that it holds no secret."""
 
 from __future__ import annotations
 
-from server.client_auth import VerifiedSecretCache
+from tessera.server.oauth.client_auth import VerifiedSecretCache
+from tests.helpers import FakeClock
 
 SECRET = "s3cret-value-that-must-not-be-kept-7f3a"
 HASH = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_only_the_same_client_secret_and_stored_hash_match():
-    cache = VerifiedSecretCache(ttl=60, clock=Clock())
+    cache = VerifiedSecretCache(ttl=60, clock=FakeClock(1000.0))
     cache.remember("svc", SECRET, HASH)
     assert cache.matches("svc", SECRET, HASH)
     assert not cache.matches("svc", SECRET + "x", HASH)
@@ -29,7 +22,7 @@ def test_only_the_same_client_secret_and_stored_hash_match():
 
 
 def test_an_entry_expires_after_its_ttl():
-    clock = Clock()
+    clock = FakeClock(1000.0)
     cache = VerifiedSecretCache(ttl=60, clock=clock)
     cache.remember("svc", SECRET, HASH)
     clock.now += 59.9
@@ -39,7 +32,7 @@ def test_an_entry_expires_after_its_ttl():
 
 
 def test_the_oldest_entry_goes_past_the_size_bound():
-    cache = VerifiedSecretCache(ttl=60, size=3, clock=Clock())
+    cache = VerifiedSecretCache(ttl=60, size=3, clock=FakeClock(1000.0))
     for n in range(4):
         cache.remember(f"svc{n}", SECRET, HASH)
     assert not cache.matches("svc0", SECRET, HASH)
@@ -47,13 +40,13 @@ def test_the_oldest_entry_goes_past_the_size_bound():
 
 
 def test_each_cache_has_its_own_random_key():
-    first, second = VerifiedSecretCache(clock=Clock()), VerifiedSecretCache(clock=Clock())
+    first, second = VerifiedSecretCache(clock=FakeClock(1000.0)), VerifiedSecretCache(clock=FakeClock(1000.0))
     assert first._digest("svc", SECRET) != second._digest("svc", SECRET)
     assert len(first._digest("svc", SECRET)) == 32
 
 
 def test_the_cache_holds_no_secret():
-    cache = VerifiedSecretCache(clock=Clock())
+    cache = VerifiedSecretCache(clock=FakeClock(1000.0))
     cache.remember("svc", SECRET, HASH)
     kept = [key for key in cache._entries] + [value for entry in cache._entries.values() for value in entry]
     assert all(SECRET.encode() not in (item if isinstance(item, bytes) else str(item).encode()) for item in kept)

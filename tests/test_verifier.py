@@ -20,8 +20,8 @@ import jwt
 import pytest
 from joserfc.jwk import ECKey, RSAKey
 
-import keys
-from keys import (
+import tessera.keys as keys
+from tessera.keys import (
     AccessTokenClaims,
     BadSignature,
     Expired,
@@ -41,7 +41,7 @@ from keys import (
     WrongAudience,
     WrongIssuer,
 )
-from keys.verifier import RFC9068_REQUIRED_CLAIMS
+from tessera.keys.verifier import RFC9068_REQUIRED_CLAIMS
 
 try:  # tests/ as a package, or as a plain directory on sys.path (pytest's rootdir-less layout)
     from tests.verifier_fixtures import (
@@ -220,8 +220,8 @@ def test_importing_keys_does_not_import_the_servers_dependencies() -> None:
     import sys
 
     code = (
-        "import sys, keys, keys.aiohttp_auth\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('asyncpg', 'argon2', 'server')))"
+        "import sys, tessera.keys, tessera.keys.aiohttp_auth\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('asyncpg', 'argon2', 'server', 'prometheus_client') or m.startswith('tessera.server')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -8,16 +8,16 @@ import jwt as pyjwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from keys import BadSignature, Verifier, WrongAudience
-from server.app import create_app
-from tests.helpers import basic, post_token
+from tessera.keys import BadSignature, Verifier, WrongAudience
+from tessera.server.app import create_app
+from tests.helpers import SECRET, basic, post_token
 
 ISSUER = "https://tessera.test"
 
 
 async def _token(http, **form):
     status, body, _ = await post_token(
-        http, {"grant_type": "client_credentials", **form}, headers=basic("svc", "s3cret-s3cret-s3cret")
+        http, {"grant_type": "client_credentials", **form}, headers=basic("svc", SECRET)
     )
     assert status == 200, body
     return body["access_token"]
@@ -25,7 +25,7 @@ async def _token(http, **form):
 
 @pytest.mark.parametrize("alg", ["ES256", "EdDSA", "PS256"])
 async def test_tessera_tokens_verify_with_the_verifier_and_with_pyjwt(env, clock, admin, alg):
-    from server.settings import load_settings
+    from tessera.server.settings import load_settings
 
     settings = load_settings({**env, "TESSERA_SIGNING_ALG": alg})
     await admin.client("svc")

@@ -254,16 +254,3 @@ async def issuer() -> AsyncIterator[LocalIssuer]:
     """A running LocalIssuer with one active key for each of ALL_ALGORITHMS."""
     async with running_issuer(*ALL_ALGORITHMS) as running:
         yield running
-
-
-class ManualClock:
-    """A clock the test moves by hand: ``clock.advance(31)``."""
-
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds

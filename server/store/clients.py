@@ -7,7 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
-from server.store.login_failures import FailureCount
+from tessera.server.store.login_failures import FailureCount
 
 
 @dataclass(frozen=True, slots=True)

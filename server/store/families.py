@@ -3,7 +3,7 @@
 Every row a refresh touches is found by ``family_id``; the rotation itself is a single conditional
 UPDATE, so of many concurrent requests with one token exactly one matches (READ COMMITTED re-checks
 the WHERE clause against the winner's committed row). Rotations of different families in flight
-together share one such statement and its commit (``server.store.rotation_batch``).
+together share one such statement and its commit (``tessera.server.store.rotation_batch``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import datetime
 
 import asyncpg
 
-from server.store.rotation_batch import Rotation, RotationBatcher, single_args
+from tessera.server.store.rotation_batch import PendingRotation, RotationBatcher, single_args
 
 _COLUMNS = (
     "family_id, client_id, user_id, scopes, audience, auth_time, created_at, expires_at, generation,"
@@ -128,7 +128,7 @@ class FamilyStore:
         audience: str | None,
     ) -> Family | None:
         """The rotation, or None if the presented token may not be rotated (say why with ``get``)."""
-        rotation = Rotation(
+        rotation = PendingRotation(
             family_id, generation, current_hash, client_id, successor_hash, now, idle_expires_at, scopes, audience
         )
         if self._rotations is not None:
@@ -213,11 +213,12 @@ class FamilyStore:
         return int(count)
 
     async def security_events(self, family_id: uuid.UUID) -> list[asyncpg.Record]:
-        return await self._db.fetch(
+        rows: list[asyncpg.Record] = await self._db.fetch(
             "SELECT kind, family_id, client_id, presented_by, user_id, remote, occurred_at FROM security_events"
             " WHERE family_id = $1 ORDER BY event_id",
             family_id,
         )
+        return rows
 
     # --- garbage collection ----------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Signing keys on PostgreSQL (the ``keys.store.KeyStore`` interface).
+"""Signing keys on PostgreSQL (the ``tessera.keys.store.KeyStore`` interface).
 
 Every change runs in one transaction under one advisory lock (so changes from any number of
 instances and CLIs queue up), checks that the keys it starts from are still stored as the caller
@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from keys import kek as kek_box
-from keys.store import NewKey, StoredKey
+from tessera.keys import kek as kek_box
+from tessera.keys.store import NewKey, StoredKey
 
 _COLUMNS = (
     "kid, alg, state, public_jwk, private_sealed, created_at, activated_at, retired_at, revoked_at, expires_at,"

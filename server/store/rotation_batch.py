@@ -27,7 +27,7 @@ from typing import Any
 
 import asyncpg
 
-from server import events
+from tessera.server.ops import events
 
 # The function is made by migration 0007 (server/migrations/0007_rotation_batch.sql).
 BATCH_ROTATE_SQL = "SELECT * FROM tessera_rotate_families($1, $2, $3, $4, $5, $6, $7, $8, $9)"
@@ -41,7 +41,7 @@ MAX_IN_FLIGHT = 2
 
 
 @dataclass(slots=True)
-class Rotation:
+class PendingRotation:
     """One rotation's inputs; the same as the single-row statement's parameters."""
 
     family_id: uuid.UUID
@@ -66,12 +66,12 @@ class RotationBatcher:
         self._single_sql = single_sql
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
-        self._pending: list[Rotation] = []
+        self._pending: list[PendingRotation] = []
         self._in_flight = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def rotate(self, rotation: Rotation) -> asyncpg.Record | None:
+    async def rotate(self, rotation: PendingRotation) -> asyncpg.Record | None:
         """The rotated row (user_id, scopes, audience, auth_time, created_at, expires_at), or None."""
         loop = asyncio.get_running_loop()
         rotation.done = loop.create_future()
@@ -91,10 +91,10 @@ class RotationBatcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _take(self) -> list[Rotation]:
+    def _take(self) -> list[PendingRotation]:
         """Up to ``max_batch`` pending rotations, oldest first, at most one per family."""
-        batch: list[Rotation] = []
-        left: list[Rotation] = []
+        batch: list[PendingRotation] = []
+        left: list[PendingRotation] = []
         families: set[uuid.UUID] = set()
         for rotation in self._pending:
             if rotation.done.cancelled():
@@ -107,7 +107,7 @@ class RotationBatcher:
         self._pending = left
         return batch
 
-    async def _send(self, batch: list[Rotation]) -> None:
+    async def _send(self, batch: list[PendingRotation]) -> None:
         try:
             if batch:
                 await self._execute(batch)
@@ -116,7 +116,7 @@ class RotationBatcher:
             if self._pending:
                 self._start()
 
-    async def _execute(self, batch: list[Rotation]) -> None:
+    async def _execute(self, batch: list[PendingRotation]) -> None:
         events.rotations_sent(len(batch))
         try:
             if len(batch) == 1:
@@ -145,7 +145,7 @@ class RotationBatcher:
             if not rotation.done.done():
                 rotation.done.set_result(rows.get(rotation.family_id))
 
-    async def _one(self, rotation: Rotation) -> None:
+    async def _one(self, rotation: PendingRotation) -> None:
         try:
             row = await self._pool.fetchrow(self._single_sql, *single_args(rotation))
         except Exception as exc:
@@ -156,7 +156,7 @@ class RotationBatcher:
             rotation.done.set_result(row)
 
 
-def single_args(rotation: Rotation) -> tuple[Any, ...]:
+def single_args(rotation: PendingRotation) -> tuple[Any, ...]:
     return (
         rotation.family_id,
         rotation.generation,
@@ -170,7 +170,7 @@ def single_args(rotation: Rotation) -> tuple[Any, ...]:
     )
 
 
-def _batch_args(batch: list[Rotation]) -> tuple[list[Any], ...]:
+def _batch_args(batch: list[PendingRotation]) -> tuple[list[Any], ...]:
     return (
         [r.family_id for r in batch],
         [r.generation for r in batch],
@@ -185,4 +185,4 @@ def _batch_args(batch: list[Rotation]) -> tuple[list[Any], ...]:
     )
 
 
-__all__ = ["BATCH_ROTATE_SQL", "Rotation", "RotationBatcher", "single_args"]
+__all__ = ["BATCH_ROTATE_SQL", "PendingRotation", "RotationBatcher", "single_args"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import asyncpg
 
-from keys import kek as kek_box
+from tessera.keys import kek as kek_box
 
 
 async def server_secret(

@@ -11,8 +11,8 @@ from typing import cast
 
 import asyncpg
 
-from server import events
-from server.store.families import FamilyStore
+from tessera.server.ops import events
+from tessera.server.store.families import FamilyStore
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,39 @@
+"""The grant registry: one module per grant, registered by its ``grant_type`` string.
+
+A new grant is a module here with a class that has ``grant_type``, ``validate`` and ``issue``
+(``base.Grant``), taking what it uses in its constructor, and one line in ``build_grants``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tessera.server.oauth.families import RefreshFamilies
+from tessera.server.oauth.grants.base import Grant, TokenRequest
+from tessera.server.oauth.grants.client_credentials import ClientCredentialsGrant
+from tessera.server.oauth.grants.password import PasswordGrant
+from tessera.server.oauth.grants.refresh_token import RefreshTokenGrant
+from tessera.server.oauth.passwords import SecretHasher
+from tessera.server.oauth.throttle import LoginThrottle
+from tessera.server.oauth.tokens import AccessTokenIssuer
+from tessera.server.store import UserStore
+
+
+def build_grants(
+    *,
+    tokens: AccessTokenIssuer,
+    families: RefreshFamilies,
+    users: UserStore,
+    hasher: SecretHasher,
+    throttle: LoginThrottle,
+    clock: Callable[[], float],
+) -> dict[str, Grant]:
+    grants: list[Grant] = [
+        ClientCredentialsGrant(tokens),
+        PasswordGrant(users, hasher, throttle, families, tokens, clock),
+        RefreshTokenGrant(families, tokens),
+    ]
+    return {grant.grant_type: grant for grant in grants}
+
+
+__all__ = ["Grant", "TokenRequest", "build_grants"]

@@ -1,0 +1,111 @@
+"""Access tokens (RFC 9068): the claim set, signed with the keyring's active key.
+
+Signatures asked for during one turn of the event loop are made together at the end of that turn
+(``SignatureBatch``): measured in the server, an ES256 signature made between the parsing and the
+answering of a request cost about 40 µs of CPU, and 22 µs when made right after another one, and
+the interpreter's own work around it slowed down too. OpenSSL's code and tables and the
+interpreter's evict each other from the CPU's caches; signing in a run keeps each side warm.
+docs/performance.md has the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from tessera.keys.keyring import Keyring
+from tessera.keys.signer import Signer
+from tessera.server.ops.end_of_turn import EndOfTurn
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedAccessToken:
+    token: str
+    expires_in: int
+    jti: str
+
+
+class AccessTokenIssuer:
+    def __init__(
+        self,
+        keyring: Keyring,
+        *,
+        issuer: str,
+        ttl: int,
+        clock: Callable[[], float],
+        executor: Executor | None = None,
+    ) -> None:
+        self._keyring = keyring
+        self._issuer = issuer
+        self._ttl = ttl
+        self._clock = clock
+        self._executor = executor
+        self._batch = SignatureBatch()
+
+    async def issue(
+        self,
+        *,
+        subject: str,
+        client_id: str,
+        audience: str,
+        scopes: Sequence[str],
+        auth_time: int | None = None,
+        session_id: str | None = None,
+    ) -> IssuedAccessToken:
+        now = int(self._clock())
+        jti = secrets.token_urlsafe(16)
+        claims: dict[str, Any] = {
+            "iss": self._issuer,
+            "sub": subject,
+            "aud": audience,
+            "exp": now + self._ttl,
+            "iat": now,
+            "nbf": now,
+            "jti": jti,
+            "client_id": client_id,
+            "scope": " ".join(scopes),
+        }
+        if auth_time is not None:
+            # RFC 9068 section 2.2.1: when the user authenticated, for tokens issued on their behalf.
+            claims["auth_time"] = auth_time
+        if session_id is not None:
+            # The refresh-token family this token came from, so introspection can see its revocation.
+            claims["sid"] = session_id
+        signer = self._keyring.snapshot.signer
+        if signer.blocking:
+            token = await asyncio.get_running_loop().run_in_executor(self._executor, signer.sign, claims)
+        else:
+            token = await self._batch.sign(signer, claims)
+        return IssuedAccessToken(token, self._ttl, jti)
+
+
+class SignatureBatch:
+    """Signs, at the end of the current turn of the event loop, every token asked for in it.
+
+    A request that is cancelled while it waits (its client went away) is not signed. A signature
+    that fails fails only its own request. The wait is one turn of the loop: with one request in
+    flight it is a few microseconds; under load the batch holds every token request that arrived
+    together (at 64 connections on one core, a few dozen).
+    """
+
+    def __init__(self) -> None:
+        self._pending: EndOfTurn[tuple[Signer, dict[str, Any], asyncio.Future[str]]] = EndOfTurn(self._sign_all)
+
+    def sign(self, signer: Signer, claims: dict[str, Any]) -> asyncio.Future[str]:
+        signed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending.add((signer, claims, signed))
+        return signed
+
+    @staticmethod
+    def _sign_all(pending: list[tuple[Signer, dict[str, Any], asyncio.Future[str]]]) -> None:
+        for signer, claims, signed in pending:
+            if signed.cancelled():
+                continue
+            try:
+                signed.set_result(signer.sign(claims))
+            except Exception as exc:  # handed to the one request it belongs to
+                signed.set_exception(exc)
