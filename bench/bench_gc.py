@@ -12,7 +12,7 @@ In one run, on its own scratch database (an embedded PostgreSQL unless --databas
    sends is timed. Then VACUUM (what autovacuum would do next; autovacuum is off on the table so
    that it does not run in the middle of a measurement), and as many new families INSERTed as were
    deleted, to see whether the table grows or reuses the space;
-3. on the clone: the server's rotation UPDATE (``ROTATE_SQL``) in a small closed loop, first alone,
+3. on the clone: the server's rotation (``FamilyStore.rotate``) in a small closed loop, first alone,
    then while one pass runs with the janitor's pause (10 ms between statements).
 
 Each pass starts right after a CHECKPOINT, so the first change to every page writes the whole page
@@ -330,7 +330,7 @@ def print_table(result: dict[str, Any]) -> None:
     if "with_rotations" in result:
         w = result["with_rotations"]
         for name, r in (("alone", w["rotations_alone"]), ("during the GC pass", w["rotations_during_gc"])):
-            print(f"rotations ({w['connections']} connections, ROTATE_SQL) {name:<18}: {r['rotations_per_s']:>7,.0f}/s"
+            print(f"rotations ({w['connections']} connections, FamilyStore.rotate) {name:<18}: {r['rotations_per_s']:>7,.0f}/s"
                   f"  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.1f} ms  failed {r['failures']}")
 
 

@@ -6,7 +6,7 @@ In one run, on its own scratch database (an embedded PostgreSQL unless --databas
 1. rotations per second and p50/p99 through the HTTP endpoint (``tessera serve`` in a subprocess,
    driven by wrk when it is installed, else by an aiohttp closed loop), C connections each walking
    rotation chains;
-2. the same rotation UPDATE (the server's own statement, ``tessera.server.store.families.ROTATE_SQL``)
+2. the same rotation (the server's own, ``FamilyStore.rotate``)
    driven directly with asyncpg at the same concurrency: the PostgreSQL limit for this work;
 3. one client refreshing serially (latency without queueing), over HTTP and directly;
 

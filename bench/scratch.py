@@ -27,7 +27,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server import db  # noqa: E402
+from tessera.server.store import db  # noqa: E402
 from tessera.server.oauth.families import RefreshChain, RefreshToken  # noqa: E402
 from tessera.server.store.families import FamilyStore  # noqa: E402
 
@@ -240,7 +240,7 @@ async def direct_families(dsn: str, chain: RefreshChain, count: int) -> list[Ref
 async def rotate_chains(
     pool: asyncpg.Pool, chain: RefreshChain, tokens: list[RefreshToken], done: Callable[[], bool]
 ) -> tuple[list[float], int]:
-    """The server's rotation UPDATE (``FamilyStore.rotate``, i.e. ``ROTATE_SQL``), one per round trip,
+    """The server's rotation UPDATE (``FamilyStore.rotate``, the waiting rotation function of migration 0009), one per round trip,
     autocommit (durable), one chain per token, until ``done()``; ``tokens`` is advanced in place to
     each chain's current token. Returns the latencies (ms) and the number of failed rotations."""
     store = FamilyStore(pool)

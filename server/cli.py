@@ -306,7 +306,7 @@ def sessions_revoke(args: argparse.Namespace, settings: Settings) -> int:
             revoked, what = await families.revoke_client_families(args.client, "revoked_by_admin"), args.client
         else:
             assert family_id is not None
-            if await families.get(family_id) is None:
+            if await families.get(family_id, datetime.now(UTC)) is None:
                 raise CommandError(f"no family {family_id}")
             revoked = int(await families.revoke(family_id, "revoked_by_admin", datetime.now(UTC)))
             what = str(family_id)

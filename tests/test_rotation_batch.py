@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from tessera.server.store import db
-from tessera.server.store.families import ROTATE_SQL, FamilyStore
+from tessera.server.store.families import FamilyStore
 from tessera.server.store.rotation_batch import RotationBatcher
 from tests.test_garbage_collection import LIVE, _families, owner  # noqa: F401  (the fixture)
 
@@ -58,7 +58,7 @@ async def test_concurrent_rotations_of_many_families_share_a_few_statements(owne
     before = await _hashes(db_conn, set(ids))
     store = FamilyStore(pool)
     counting = CountingPool(pool)
-    store._rotations = RotationBatcher(counting, ROTATE_SQL)
+    store._rotations = RotationBatcher(counting)
     successors = {family_id: uuid.uuid4().bytes * 2 for family_id in ids}
     results = await asyncio.gather(*(
         _rotate(store, family_id, 0, before[family_id][1], successors[family_id]) for family_id in ids
@@ -162,3 +162,37 @@ async def test_a_cancelled_request_that_has_not_been_sent_rotates_nothing(owner,
         await waiting
     await asyncio.sleep(0.2)
     assert await _hashes(db_conn, {family_id}) == {family_id: (0, current)}
+
+
+async def test_a_refused_rotation_is_explained_by_the_same_rule_that_refused_it(owner, db_conn, pool):
+    """One rule (migration 0009) rotates and explains: for every kind of family and request, ``get``
+    says live and fitting exactly when the rotation, alone or in a batch, matches."""
+    states = [
+        LIVE,
+        dict(LIVE, revoked_at=NOW - timedelta(minutes=1)),
+        dict(LIVE, idle_expires_at=NOW - timedelta(seconds=1)),
+        dict(LIVE, expires_at=NOW),  # the absolute lifetime ends at this very instant
+    ]
+    asks = [{}, {"scopes": ["read"]}, {"scopes": ["read", "admin"]}, {"audience": "https://orders.example"},
+            {"audience": "https://billing.example"}]
+    cases = [(state, ask) for state in states for ask in asks]
+    ids = await _families(db_conn, owner, [state for state, _ in cases])
+    hashes = await _hashes(db_conn, set(ids))
+    store = FamilyStore(pool)
+    verdicts = []
+    for family_id, (_, ask) in zip(ids, cases):
+        family = await store.get(family_id, NOW, scopes=ask.get("scopes"), audience=ask.get("audience"))
+        assert family is not None
+        verdicts.append(family.live and family.scope_fits and family.audience_fits)
+    alone = FamilyStore(db_conn)  # on one connection: each rotation by itself, not batched
+    half = len(ids) // 2
+    rotated = [
+        *[await _rotate(alone, family_id, 0, hashes[family_id][1], uuid.uuid4().bytes * 2, **ask)
+          for family_id, (_, ask) in zip(ids[:half], cases[:half])],
+        *await asyncio.gather(*(
+            _rotate(store, family_id, 0, hashes[family_id][1], uuid.uuid4().bytes * 2, **ask)
+            for family_id, (_, ask) in zip(ids[half:], cases[half:])
+        )),
+    ]
+    assert [result is not None for result in rotated] == verdicts
+    assert verdicts.count(True) == 3  # the live family, asked nothing, a narrower scope, its own audience

@@ -226,22 +226,22 @@ class RefreshFamilies:
     async def _not_rotated(self, ask: RefreshRequest, now: datetime) -> Refreshed:
         """Why the rotation matched nothing, read after it (so a concurrent winner is visible)."""
         presented, client_id, remote = ask.token, ask.client_id, ask.remote
-        family = await self._store.get(presented.family_id)
+        family = await self._store.get(presented.family_id, now, scopes=ask.scopes, audience=ask.audience)
         current = await self._current_token(presented, family)
         if family is None or current is None:
             # Unknown family, or a token that is not of its chain: a forgery revokes nothing.
             raise InvalidGrant("invalid refresh token")
         if family.client_id != client_id:
             # A genuine token in the hands of another client has been stolen from its own.
-            if family.live_at(now):
+            if family.live:
                 await self._revoke_for_theft(family, "refresh_wrong_client", client_id, remote, now)
             raise InvalidGrant("invalid refresh token")
-        if not family.live_at(now):
+        if not family.live:
             raise InvalidGrant("refresh token expired or revoked")
         if presented.generation == family.generation or self._is_retry(presented, family, now):
             # Either the current token was refused for what the request asked, or this is a retry of
             # the previous token: say which limit was crossed, or answer the same successor.
-            _check_request(family, ask.scopes, ask.audience)
+            _explain_refusal(family)
             if presented.generation == family.generation:
                 raise InvalidGrant("invalid refresh token")
             events.refresh_retry_answered(client_id)
@@ -289,7 +289,7 @@ class RefreshFamilies:
     async def revoke(self, presented: RefreshToken, client_id: str) -> None:
         """RFC 7009: any genuine token of the family, spent or live, revokes the whole family;
         another client's token or an unknown one changes nothing (section 2.1)."""
-        family = await self._store.get(presented.family_id)
+        family = await self._store.get(presented.family_id, self.now())
         if family is None or family.client_id != client_id:
             return
         if await self._current_token(presented, family) is None:
@@ -299,17 +299,17 @@ class RefreshFamilies:
 
     async def revoke_session(self, family_id: uuid.UUID, client_id: str) -> None:
         """Revoke the family an access token came from (its ``sid``), if it is this client's."""
-        family = await self._store.get(family_id)
+        family = await self._store.get(family_id, self.now())
         if family is not None and family.client_id == client_id:
             if await self._store.revoke(family_id, "revoked_by_client", self.now()):
                 events.families_revoked("revoked_by_client", 1)
 
     async def current(self, presented: RefreshToken, client_id: str) -> Family | None:
         """The family if ``presented`` is its current, live token and belongs to ``client_id``."""
-        family = await self._store.get(presented.family_id)
+        family = await self._store.get(presented.family_id, self.now())
         if family is None or family.client_id != client_id or family.generation != presented.generation:
             return None
-        if not hmac.compare_digest(family.current_hash, presented.digest) or not family.live_at(self.now()):
+        if not hmac.compare_digest(family.current_hash, presented.digest) or not family.live:
             return None
         return family
 
@@ -317,9 +317,9 @@ class RefreshFamilies:
         return await self._store.is_revoked(family_id)
 
 
-def _check_request(family: Family, scopes: tuple[str, ...] | None, audience: str | None) -> None:
-    """RFC 6749 section 6: a refresh may narrow the scope, never widen it; the audience is fixed."""
-    if scopes is not None and not set(scopes) <= set(family.scopes):
+def _explain_refusal(family: Family) -> None:
+    """Which of the request's asks the rotation rule refused (``FamilyStore.get`` judged them)."""
+    if not family.scope_fits:
         raise InvalidScope("the requested scope exceeds the scope originally granted")
-    if audience is not None and audience != family.audience:
+    if not family.audience_fits:
         raise InvalidTarget("a refresh token is bound to the audience it was issued for")

@@ -4,6 +4,10 @@ Every row a refresh touches is found by ``family_id``; the rotation itself is a 
 UPDATE, so of many concurrent requests with one token exactly one matches (READ COMMITTED re-checks
 the WHERE clause against the winner's committed row). Rotations of different families in flight
 together share one such statement and its commit (``tessera.server.store.rotation_batch``).
+
+Which token may rotate is decided in one place, the SQL functions of migration 0009: the rotation
+uses them, and so does ``get``, which says of a family whether it is live and whether a request's
+scope and audience fit it, so a refusal is explained by the same rule that made it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,13 @@ from datetime import datetime
 
 import asyncpg
 
-from tessera.server.store.rotation_batch import PendingRotation, RotationBatcher, single_args
+from tessera.server.store.rotation_batch import (
+    WAITING_ROTATE_SQL,
+    PendingRotation,
+    RotationBatcher,
+    rotation_args,
+    scope_parameter,
+)
 
 _COLUMNS = (
     "family_id, client_id, user_id, scopes, audience, auth_time, created_at, expires_at, generation,"
@@ -39,10 +49,10 @@ class Family:
     idle_expires_at: datetime
     revoked_at: datetime | None
     revoked_reason: str | None
-
-    def live_at(self, now: datetime) -> bool:
-        """Not revoked and inside both its idle and its absolute lifetime."""
-        return self.revoked_at is None and now < self.expires_at and now < self.idle_expires_at
+    # As the rotation rule (migration 0009) judged it at the time ``get`` was asked about:
+    live: bool = True  # not revoked, inside its idle and absolute lifetimes
+    scope_fits: bool = True  # the scope asked for is within the family's
+    audience_fits: bool = True  # the audience asked for is the family's
 
     @property
     def token_expires_at(self) -> datetime:
@@ -53,18 +63,13 @@ def _family(row: asyncpg.Record) -> Family:
     return Family(**{**dict(row), "scopes": tuple(row["scopes"]), "current_hash": bytes(row["current_hash"])})
 
 
-# The rotation: the presented token must be the family's current one, of the authenticated client,
-# in a live family, and the request must not widen scope or change audience. The successor's hash
-# is computed beforehand, so this is the whole refresh in one round trip.
-ROTATE_SQL = """
-UPDATE refresh_families
-   SET generation = generation + 1, current_hash = $5, last_rotated_at = $6, idle_expires_at = $7
- WHERE family_id = $1 AND generation = $2 AND current_hash = $3 AND client_id = $4
-   AND revoked_at IS NULL AND expires_at > $6 AND idle_expires_at > $6
-   AND ($8::text[] IS NULL OR scopes @> $8::text[])
-   AND ($9::text IS NULL OR audience = $9::text)
-RETURNING user_id, scopes, audience, auth_time, created_at, expires_at
-"""
+# A family as the rotation rule sees it at $2, for a request asking scope $3 and audience $4.
+_GET_SQL = (
+    f"SELECT {_COLUMNS},"
+    " tessera_family_live(revoked_at, expires_at, idle_expires_at, $2) AS live,"
+    " tessera_scope_within(scopes, $3) AS scope_fits, tessera_audience_kept(audience, $4) AS audience_fits"
+    " FROM refresh_families WHERE family_id = $1"
+)
 
 # Pages of the table swept by one garbage-collection statement (8 KiB each): bounded work per
 # statement, and a sequential TID range scan rather than an index on a column that rotations change.
@@ -77,7 +82,7 @@ class FamilyStore:
         self._db = db
         # On a pool, concurrent rotations share statements and commits (group commit); on a single
         # connection, in a caller's transaction, each rotation runs alone.
-        self._rotations = RotationBatcher(db, ROTATE_SQL) if isinstance(db, asyncpg.Pool) else None
+        self._rotations = RotationBatcher(db) if isinstance(db, asyncpg.Pool) else None
 
     async def create(
         self,
@@ -129,12 +134,13 @@ class FamilyStore:
     ) -> Family | None:
         """The rotation, or None if the presented token may not be rotated (say why with ``get``)."""
         rotation = PendingRotation(
-            family_id, generation, current_hash, client_id, successor_hash, now, idle_expires_at, scopes, audience
+            family_id, generation, current_hash, client_id, successor_hash, now, idle_expires_at,
+            scope_parameter(scopes), audience,
         )
         if self._rotations is not None:
             row = await self._rotations.rotate(rotation)
         else:
-            row = await self._db.fetchrow(ROTATE_SQL, *single_args(rotation))
+            row = await self._db.fetchrow(WAITING_ROTATE_SQL, *rotation_args([rotation]))
         if row is None:
             return None
         # Only what the rotation did not set itself comes back: decoding is a good part of its cost.
@@ -155,8 +161,12 @@ class FamilyStore:
             revoked_reason=None,
         )
 
-    async def get(self, family_id: uuid.UUID) -> Family | None:
-        row = await self._db.fetchrow(f"SELECT {_COLUMNS} FROM refresh_families WHERE family_id = $1", family_id)
+    async def get(
+        self, family_id: uuid.UUID, now: datetime, *, scopes: Sequence[str] | None = None, audience: str | None = None
+    ) -> Family | None:
+        """The family, with the rotation rule's verdicts at ``now`` (and on ``scopes`` and ``audience``
+        when a request asks for them)."""
+        row = await self._db.fetchrow(_GET_SQL, family_id, now, scope_parameter(scopes), audience)
         return _family(row) if row else None
 
     async def is_revoked(self, family_id: uuid.UUID) -> bool:

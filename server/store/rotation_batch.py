@@ -4,9 +4,9 @@ Every rotation must be durably committed before its answer leaves, and on a smal
 commit, not the UPDATE, is what a rotation costs: a round trip, a WAL flush and two context
 switches to the PostgreSQL backend and back. Rotations that arrive together (in the same turn of
 the event loop, or while the previous batch is at the database) go as one ``UPDATE ... FROM
-unnest(...)``, wrapped in a function (migration 0007): one round trip and one WAL flush for all.
+unnest(...)``, wrapped in a function (migration 0009): one round trip and one WAL flush for all.
 
-Each row keeps the single-row statement's conditions (``ROTATE_SQL``): under READ COMMITTED,
+A rotation alone goes through the same function, so the rule is the same for both: under READ COMMITTED,
 PostgreSQL re-checks the join and WHERE clauses of a row that a concurrent transaction changed
 first, so of several requests with one token, in one process or many, exactly one matches. Two
 requests for the same family never share a batch: the later one waits for the next batch, where it
@@ -29,8 +29,10 @@ import asyncpg
 
 from tessera.server.ops import events
 
-# The function is made by migration 0007 (server/migrations/0007_rotation_batch.sql).
+# Both functions are made by migration 0009 (server/store/migrations/0009_one_rotation_rule.sql):
+# the batch gives up past its lock_timeout, the waiting one waits for its row's lock.
 BATCH_ROTATE_SQL = "SELECT * FROM tessera_rotate_families($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+WAITING_ROTATE_SQL = "SELECT * FROM tessera_rotate_families_waiting($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
 # Rows per statement. At 64 concurrent rotations a batch rarely reaches this; it bounds the work
 # (and the locks) of one statement.
@@ -51,7 +53,7 @@ class PendingRotation:
     successor_hash: bytes
     now: datetime
     idle_expires_at: datetime
-    scopes: Sequence[str] | None
+    scope: str | None  # as the ``scope`` parameter is written (scope_parameter); None: the family's
     audience: str | None
     done: asyncio.Future[asyncpg.Record | None] = field(init=False)  # set by ``rotate``
 
@@ -60,10 +62,9 @@ class RotationBatcher:
     """Collects rotations and sends them in batches; ``rotate`` answers each with its own row."""
 
     def __init__(
-        self, pool: asyncpg.Pool, single_sql: str, *, max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT
+        self, pool: asyncpg.Pool, *, max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT
     ) -> None:
         self._pool = pool
-        self._single_sql = single_sql
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._pending: list[PendingRotation] = []
@@ -120,9 +121,9 @@ class RotationBatcher:
         events.rotations_sent(len(batch))
         try:
             if len(batch) == 1:
-                rows = {batch[0].family_id: await self._pool.fetchrow(self._single_sql, *single_args(batch[0]))}
+                rows = {batch[0].family_id: await self._pool.fetchrow(WAITING_ROTATE_SQL, *rotation_args(batch))}
             else:
-                rows = {row["family_id"]: row for row in await self._pool.fetch(BATCH_ROTATE_SQL, *_batch_args(batch))}
+                rows = {row["family_id"]: row for row in await self._pool.fetch(BATCH_ROTATE_SQL, *rotation_args(batch))}
         except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
             # A row of the batch met a lock (another transaction is rotating or revoking that
             # family) and the function gave up waiting: nothing of the batch was kept. Each row on
@@ -147,7 +148,7 @@ class RotationBatcher:
 
     async def _one(self, rotation: PendingRotation) -> None:
         try:
-            row = await self._pool.fetchrow(self._single_sql, *single_args(rotation))
+            row = await self._pool.fetchrow(WAITING_ROTATE_SQL, *rotation_args([rotation]))
         except Exception as exc:
             if not rotation.done.done():
                 rotation.done.set_exception(exc)
@@ -156,21 +157,13 @@ class RotationBatcher:
             rotation.done.set_result(row)
 
 
-def single_args(rotation: PendingRotation) -> tuple[Any, ...]:
-    return (
-        rotation.family_id,
-        rotation.generation,
-        rotation.current_hash,
-        rotation.client_id,
-        rotation.successor_hash,
-        rotation.now,
-        rotation.idle_expires_at,
-        list(rotation.scopes) if rotation.scopes is not None else None,
-        rotation.audience,
-    )
+def scope_parameter(scopes: Sequence[str] | None) -> str | None:
+    """Scopes as the rotation rule takes them: the ``scope`` parameter's own form (RFC 6749 section
+    3.3, space-separated; a scope token never contains a space, so joining loses nothing)."""
+    return " ".join(scopes) if scopes is not None else None
 
 
-def _batch_args(batch: list[PendingRotation]) -> tuple[list[Any], ...]:
+def rotation_args(batch: list[PendingRotation]) -> tuple[list[Any], ...]:
     return (
         [r.family_id for r in batch],
         [r.generation for r in batch],
@@ -179,10 +172,9 @@ def _batch_args(batch: list[PendingRotation]) -> tuple[list[Any], ...]:
         [r.successor_hash for r in batch],
         [r.now for r in batch],
         [r.idle_expires_at for r in batch],
-        # Scope tokens never contain a space (RFC 6749 section 3.3), so joining them loses nothing.
-        [" ".join(r.scopes) if r.scopes is not None else None for r in batch],
+        [r.scope for r in batch],
         [r.audience for r in batch],
     )
 
 
-__all__ = ["BATCH_ROTATE_SQL", "PendingRotation", "RotationBatcher", "single_args"]
+__all__ = ["BATCH_ROTATE_SQL", "WAITING_ROTATE_SQL", "PendingRotation", "RotationBatcher", "rotation_args", "scope_parameter"]
