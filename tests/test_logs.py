@@ -125,8 +125,8 @@ def test_the_request_line_shortcut_writes_what_the_formatter_would():
     cases = (
         ("r1", "127.0.0.1", {"client_id": "svc", "grant_type": "password"}),
         ("r1", None, {}),
-        # Each value is masked by itself (and remembered): a credential in any of them is masked
-        # exactly as the formatter masks it in the whole line.
+        # One serializer for both: a credential in any value is masked exactly as the formatter
+        # masks it.
         (jwt, "127.0.0.1", {"client_id": f"tsc_{'b' * 20}", "grant_type": "https://u:hunter2@x/", "n": 3}),
     )
     for request_id, remote, extra in cases:
@@ -147,21 +147,37 @@ def test_the_request_line_shortcut_writes_what_the_formatter_would():
 def test_the_request_lines_timestamp_is_the_formatters_to_the_millisecond():
     import time
 
-    from tessera.server.ops.logs import _timestamp
+    from tessera.server.ops.logs import _timestamp, _Timestamps
 
+    stamp = _Timestamps()  # one per turn of the loop, remembering the second
     for now in (1_700_000_000.0, 1_700_000_000.0004, 1_700_000_000.9996, 1_700_000_001.0, 1_700_000_059.999, 1_700_000_060.25):
         expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(now))) + f".{int(now * 1000) % 1000:03d}Z"
         assert _timestamp(now) == expected
-        assert _timestamp(now) == expected  # the second call is the remembered one
+        assert stamp(now) == expected and stamp(now) == expected
 
 
-def test_the_remembered_quoted_values_stay_bounded():
-    handler = logs.JsonLineHandler(io.StringIO())
-    for n in range(3 * logs.QUOTED_REMEMBERED):
-        handler.write_request("tessera.http", "r", "GET", f"/random/{n}", 404, 0.1, "127.0.0.1", {})
-    handler.flush()
-    assert len(logs._quoted) <= logs.QUOTED_REMEMBERED
-    assert handler.stream.getvalue().count("\n") == 3 * logs.QUOTED_REMEMBERED
+def test_request_lines_go_through_logging_whenever_anything_else_would_see_them(caplog):
+    """The shortcut is taken only when the root's JsonLineHandler alone would see the line; a test's
+    capture (or an operator's handler) gets an ordinary record with the same fields."""
+    logger = logging.getLogger("tessera.http")
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stream = io.StringIO()
+    try:
+        root.handlers[:] = [logs.JsonLineHandler(stream)]
+        root.setLevel(logging.INFO)
+        direct = logs.RequestLog(logger)
+        direct.write("r1", "POST", "/token", 200, 0.002, "127.0.0.1", {"client_id": "svc"})
+        root.handlers[0].flush()
+        assert json.loads(stream.getvalue())["client_id"] == "svc"
+        assert not [r for r in caplog.records if r.name == "tessera.http"]
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    with caplog.at_level(logging.INFO, logger="tessera.http"):
+        logs.RequestLog(logger).write("r2", "POST", "/token", 400, 0.002, None, {"error": "invalid_client"})
+    (record,) = [r for r in caplog.records if r.name == "tessera.http"]
+    assert record.getMessage() == "request" and record.request_id == "r2" and record.error == "invalid_client"
 
 
 class _CountingStream(io.StringIO):

@@ -21,7 +21,7 @@ from tessera.keys import compact_json
 from tessera.server.store.db import DATABASE_UNAVAILABLE
 from tessera.server.oauth.errors import MethodNotAllowed, NotFound, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
 from tessera.server.http.limits import Handler
-from tessera.server.ops.logs import fast_line_handler
+from tessera.server.ops.logs import RequestLog
 from tessera.server.ops.metrics import Metrics
 
 log = logging.getLogger("tessera.http")
@@ -114,6 +114,8 @@ def answering(endpoint: str, handler: Handler, series: Metrics) -> Handler:
     catch-all route, wrapped the same way, so every answer of the application passes here.
     """
 
+    request_log = RequestLog(log)
+
     async def answer(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         request_id = _request_id(request)
@@ -155,15 +157,7 @@ def answering(endpoint: str, handler: Handler, series: Metrics) -> Handler:
         # this point, and a signal costs an awaited dispatch per response. (``Server`` is aiohttp's,
         # renamed by hide_server_version.)
         headers["X-Content-Type-Options"] = "nosniff"
-        path = request.path[:_LOGGED_PATH_MAX]
-        line_handler = fast_line_handler(log)
-        if line_handler is not None:
-            line_handler.write_request(log.name, request_id, method, path, status, seconds * 1000, request.remote, fields)
-        else:
-            log.info("request", extra={
-                "request_id": request_id, "method": method, "path": path, "status": status,
-                "duration_ms": round(seconds * 1000, 2), "remote": request.remote, **fields,
-            })
+        request_log.write(request_id, method, request.path[:_LOGGED_PATH_MAX], status, seconds, request.remote, fields)
         return response
 
     return functools.update_wrapper(answer, handler)

@@ -9,6 +9,7 @@ message) is masked: JWTs, Tessera's ``tsr_``/``tsc_`` tokens, and a password ins
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
@@ -16,6 +17,8 @@ import re
 import sys
 import time
 from typing import Any
+
+import orjson
 
 from tessera.server.ops.end_of_turn import EndOfTurn
 
@@ -39,26 +42,35 @@ def redact(text: str) -> str:
     return text
 
 
-_second: tuple[int, str] = (-1, "")  # one tuple, so a thread never sees one half of an update
-_millisecond: tuple[int, str] = (-1, "")
-
-
 def _timestamp(now: float) -> str:
-    """``2026-11-28T09:06:32.123Z``; made once a millisecond (the lines of one turn of the loop
-    share it), the part to the second once a second."""
-    global _second, _millisecond
+    """``2026-11-28T09:06:32.123Z``."""
     ms = int(now * 1000)
-    last, text = _millisecond
-    if ms == last:
-        return text
-    whole, second = _second
-    if ms // 1000 != whole:
-        whole = ms // 1000
-        second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        _second = (whole, second)
-    text = f"{second}.{ms % 1000:03d}Z"
-    _millisecond = (ms, text)
-    return text
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(ms // 1000))}.{ms % 1000:03d}Z"
+
+
+class _Timestamps:
+    """``_timestamp`` for the lines of one turn of the loop, which mostly share their second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, now: float) -> str:
+        ms = int(now * 1000)
+        if ms // 1000 != self._second:
+            self._second = ms // 1000
+            self._text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._second))
+        return f"{self._text}.{ms % 1000:03d}Z"
+
+
+def line(entry: dict[str, Any]) -> str:
+    """The one serializer of log lines: ``entry`` as compact JSON (anything not JSON as its
+    ``str``), with any credential in it masked."""
+    try:
+        text = orjson.dumps(entry, default=str).decode()
+    except TypeError:  # what orjson refuses (an integer past 64 bits, a non-string key)
+        text = json.dumps(entry, default=str, separators=(",", ":"))
+    return redact(text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -75,64 +87,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, default=str, separators=(",", ":")))
-
-
-_quote = json.encoder.encode_basestring_ascii  # what json.dumps does to a str (ensure_ascii)
-
-# os.getpid() is a system call each time; a worker forked from this process gets its own.
-_pid = os.getpid()
-
-
-def _forked() -> None:
-    global _pid
-    _pid = os.getpid()
-    _heads.clear()
-
-
-# What a request line has after its timestamp up to its request id, by logger: the same each time.
-_heads: dict[str, str] = {}
-# Strings as they appear in a line, quoted and redacted: a request line repeats its method, path,
-# address and field values from one request to the next. Bounded, so random paths cannot grow it.
-_quoted: dict[str, str] = {}
-QUOTED_REMEMBERED = 1024
-
-
-def _quote_redacted(text: str) -> str:
-    """``text`` as a JSON string, with any credential in it masked. Masking each value by itself is
-    masking the line: no credential pattern matches across a quote (tessera.server.ops.logs._CREDENTIALS)."""
-    quoted = _quoted.get(text)
-    if quoted is None:
-        if len(_quoted) >= QUOTED_REMEMBERED:
-            _quoted.clear()
-        quoted = _quoted[text] = redact(_quote(text))
-    return quoted
-
-
-def _quote_id(request_id: str) -> str:
-    """A request id as a JSON string: the ids Tessera makes are hex, so most need no escaping."""
-    if request_id.isascii() and request_id.isalnum():
-        return f'"{request_id}"'  # letters and digits only: nothing to escape, nothing to mask
-    return redact(_quote(request_id))
-
-
-def _head(logger: str) -> str:
-    head = _heads.get(logger)
-    if head is None:
-        head = _heads[logger] = f'"level":"info","logger":{_quote(logger)},"pid":{_pid},"msg":"request","request_id":'
-    return head
-
-
-os.register_at_fork(after_in_child=_forked)
-
-
-def _json_value(value: Any) -> str:
-    kind = type(value)
-    if kind is str:
-        return _quote_redacted(value)
-    if kind is int or kind is float:
-        return repr(value)
-    return json.dumps(value, default=str, separators=(",", ":"))
+        return line(entry)
 
 
 # Request lines wait in memory at most this long, or until this many characters wait, before they
@@ -142,19 +97,14 @@ LOG_BUFFER_CHARS = 64 * 1024
 
 
 class JsonLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The handler ``configure`` installs, with a shortcut for the one line every request writes.
-
-    ``write_request`` makes the same JSON object ``JsonFormatter`` would (same keys, same redaction)
-    without a ``LogRecord`` (its frame lookup and two dozen attributes cost about a tenth of a
-    cached token request), assembles it field by field rather than through a dict and
-    ``json.dumps``. Inside an event loop the lines are put together at the end of each turn of
-    the loop, all at once, from the values noted per request: formatting them in a run, like
-    signing in a run (tessera.server.oauth.tokens), keeps the code warm in the CPU's caches. They are then
-    written in one ``write`` per ``LOG_FLUSH_SECONDS`` or per ``LOG_BUFFER_CHARS``, whichever
-    comes first, as nginx's ``access_log ... buffer= flush=`` does: a system call per request was
-    a tenth of a JWKS request, and one per turn of the loop still about 2% of a token request
-    (docs/performance.md, session 6). Any other record, and ``flush`` (at exit, logging.shutdown
-    calls it), writes them first, so lines keep their order and a clean stop loses none.
+    """The handler ``configure`` installs. Besides ordinary records it takes request lines from
+    ``RequestLog`` as plain values, noted during a turn of the event loop and turned into lines all
+    together at its end, by the same serializer as ``JsonFormatter`` (``line``), without the
+    ``LogRecord`` a record costs. The lines are then written in one ``write`` per
+    ``LOG_FLUSH_SECONDS`` or per ``LOG_BUFFER_CHARS``, whichever comes first, as nginx's
+    ``access_log ... buffer= flush=`` does. Any other record, and ``flush`` (at exit,
+    logging.shutdown calls it), writes them first, so lines keep their order and a clean stop
+    loses none.
     """
 
     def __init__(self, stream: Any = None) -> None:
@@ -176,26 +126,18 @@ class JsonLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         this turn of the loop (so ``fields`` must not change after this call)."""
         self._pending.add((time.time(), logger, request_id, method, path, status, duration_ms, remote, fields))
 
-    def _request_line(
-        self, now: float, logger: str, request_id: str, method: str, path: str, status: int, duration_ms: float,
-        remote: str | None, fields: dict[str, Any],
-    ) -> str:
-        """The fields every request has, then ``fields``: each value quoted and masked by itself,
-        the ones that repeat (method, path, address, field values) from a small cache."""
-        line = (
-            f'{{"ts":"{_timestamp(now)}",{_head(logger)}{_quote_id(request_id)},"method":{_quote_redacted(method)},'
-            f'"path":{_quote_redacted(path)},"status":{status},"duration_ms":{duration_ms:.2f},'
-            f'"remote":{"null" if remote is None else _quote_redacted(remote)}'
-        )
-        if fields:
-            line += "".join([f",{_quote_redacted(key)}:{_json_value(value)}" for key, value in fields.items()])
-        return line + "}" + self.terminator
-
     def _format_lines(self, pending: list[tuple[Any, ...]]) -> None:
         """At the end of a turn of the loop (under ``self.lock``): the turn's lines, into the buffer."""
         if pending:
-            line = self._request_line
-            text = "".join([line(*values) for values in pending])
+            pid, stamp = os.getpid(), _Timestamps()
+            text = "".join([
+                line({
+                    "ts": stamp(now), "level": "info", "logger": logger, "pid": pid, "msg": "request",
+                    "request_id": request_id, "method": method, "path": path, "status": status,
+                    "duration_ms": round(duration_ms, 2), "remote": remote, **fields,
+                }) + self.terminator
+                for now, logger, request_id, method, path, status, duration_ms, remote, fields in pending
+            ])
             self._buffer.append(text)
             self._buffered += len(text)
         if not self._buffer:
@@ -235,9 +177,35 @@ class JsonLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
-def fast_line_handler(logger: logging.Logger) -> JsonLineHandler | None:
-    """The handler ``write_request`` may use for an INFO line of ``logger``, if nothing else (a test's
-    capture, an operator's extra handler or filter) would see the record: else None, and log it."""
+class RequestLog:
+    """The one INFO line ``request`` that every answer writes, to ``logger``.
+
+    When the process logs as ``configure`` set it up (one ``JsonLineHandler`` at the root and
+    nothing else that would see the record: no test capture, no operator's handler or filter), the
+    values go to that handler directly and become the same line ``JsonFormatter`` would write.
+    Otherwise they go through ``logging`` as an ordinary record. Which of the two is decided once,
+    when the application's routes are made (after ``configure``).
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._direct = _only_handler(logger)
+
+    def write(
+        self, request_id: str, method: str, path: str, status: int, seconds: float, remote: str | None,
+        fields: dict[str, Any],
+    ) -> None:
+        if self._direct is not None:
+            self._direct.write_request(self._logger.name, request_id, method, path, status, seconds * 1000, remote, fields)
+        else:
+            self._logger.info("request", extra={
+                "request_id": request_id, "method": method, "path": path, "status": status,
+                "duration_ms": round(seconds * 1000, 2), "remote": remote, **fields,
+            })
+
+
+def _only_handler(logger: logging.Logger) -> JsonLineHandler | None:
+    """The root's ``JsonLineHandler`` if it alone would see an INFO record of ``logger``."""
     if not logger.isEnabledFor(logging.INFO) or logger.filters:
         return None
     node: logging.Logger | None = logger
@@ -254,6 +222,10 @@ def fast_line_handler(logger: logging.Logger) -> JsonLineHandler | None:
 
 
 def configure(level: str = "INFO") -> None:
+    # A line is UTF-8 JSON; on a stream that cannot encode a character, an escape rather than a
+    # lost line.
+    if isinstance(sys.stderr, io.TextIOWrapper):
+        sys.stderr.reconfigure(errors="backslashreplace")
     handler = JsonLineHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
