@@ -81,8 +81,8 @@ def settle_heap() -> int:
     Measured at 64 connections of client_credentials on one core: without it the process made
     about one full collection a second over some 63,000 objects, each about 19 ms during which no
     request moved (a stall every request in flight feels at its p99), together about 1.5% of the
-    CPU; with it a full pass walks some 6,000 objects in under 1 ms (docs/performance.md, session
-    6). Reference counting still frees frozen objects; only a reference cycle among them would
+    CPU; with it a full pass walks some 6,000 objects in under 1 ms (docs/performance.md).
+    Reference counting still frees frozen objects; only a reference cycle among them would
     stay, and they are what the process keeps until it exits anyway.
     """
     gc.collect()

@@ -3,7 +3,7 @@
 Token signatures (tessera.server.oauth.tokens), request log lines (tessera.server.ops.logs) and request metrics
 (tessera.server.ops.metrics) are done this way: made one after another, each stays warm in the CPU's caches,
 where made one per request in between the rest of the request they evicted each other's code and
-data (docs/performance.md, session 3).
+data (docs/performance.md).
 """
 
 from __future__ import annotations
