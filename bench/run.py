@@ -221,8 +221,8 @@ ARGON2_AROUND = 8
 def argon2_limit_around(cpu: str | None, run: Any) -> dict[str, Any]:
     """``run()``'s result, with the argon2 limit measured right before and right after it, on the
     server's core in mode 1p. The password figure is compared with this rather than with the limit
-    taken at the start: on a shared VM one verification drifted from 25 to 34 ms within one
-    ``make bench``, which moved the ratio by as much (session 4)."""
+    taken at the start: on a shared VM one verification can drift by a third within one
+    ``make bench``, which moves the ratio by as much."""
     def timed() -> list[float]:
         time.sleep(1.0)  # the logins still queued when wrk stopped are done by then
         with on_cpu(None if cpu is None else int(cpu)):

@@ -1,5 +1,5 @@
 """Tessera's keys: the signing-key lifecycle used by the server, and the offline verifier
-that resource servers import (``from keys import Verifier, InvalidToken``).
+that resource servers import (``from tessera.keys import Verifier, InvalidToken``).
 
 Nothing in this package imports ``server`` or asyncpg.
 """
