@@ -29,7 +29,8 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.helpers import with_database  # noqa: E402
-from tests.key_helpers import jwks_of, process_env, server_processes  # noqa: E402
+from tests.key_helpers import jwks_of, server_processes  # noqa: E402
+from tests.processes import clean_env  # noqa: E402
 
 SCRATCH = "tessera_key_propagation"
 
@@ -44,7 +45,7 @@ async def rounds(env: dict[str, str], count: int) -> tuple[list[float], list[flo
                 started = time.perf_counter()
                 subprocess.run(
                     [sys.executable, "-m", "tessera.server.cli", "keys", "rotate", "--force"],
-                    env=process_env(env, **quiet), check=True, capture_output=True,
+                    env=clean_env({**env, **quiet}), check=True, capture_output=True,
                 )
                 exited = time.perf_counter()
                 while True:

@@ -1,6 +1,6 @@
 """Small helpers shared by the tests, each the one definition of its kind: the test credentials,
 the hand-moved clock, the polling helper (:func:`eventually`) and the in-process Tessera server
-(:func:`tessera_server`)."""
+(:func:`tessera_server`, on :func:`served`)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from joserfc import jws, jwt
 from joserfc.errors import SecurityWarning
@@ -81,6 +82,14 @@ async def eventually(
 
 
 @contextlib.asynccontextmanager
+async def served(app: web.Application) -> AsyncIterator[TestClient[Any, Any]]:
+    """Any aiohttp app served in this process on 127.0.0.1 (aiohttp's TestServer), and an HTTP
+    client for it; both closed when the block ends."""
+    async with TestClient(TestServer(app, host="127.0.0.1")) as http:
+        yield http
+
+
+@contextlib.asynccontextmanager
 async def tessera_server(
     config: Mapping[str, str] | Settings, clock: Callable[[], float] = time.time, **extra: str
 ) -> AsyncIterator[TestClient[Any, Any]]:
@@ -93,7 +102,7 @@ async def tessera_server(
         settings = config
     else:
         settings = load_settings({**config, **extra})
-    async with TestClient(TestServer(create_app(settings, clock=clock), host="127.0.0.1")) as http:
+    async with served(create_app(settings, clock=clock)) as http:
         yield http
 
 
@@ -135,5 +144,5 @@ def with_database(url: str, name: str) -> str:
 
 __all__ = [
     "FORM", "KEK", "PASSWORD", "SECRET", "FakeClock", "basic", "decode_segment", "eventually", "fetch_jwks", "jws",
-    "post_token", "tessera_server", "verify_with_joserfc", "with_database",
+    "post_token", "served", "tessera_server", "verify_with_joserfc", "with_database",
 ]

@@ -15,15 +15,17 @@ from typing import TYPE_CHECKING
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
+from aiohttp.test_utils import TestClient, make_mocked_request
 from multidict import CIMultiDict
 
 from tessera.keys import Verifier
 from tessera.keys.aiohttp_auth import CLAIMS_KEY, bearer_auth_middleware, get_claims, require_scopes
 
 try:  # tests/ as a package, or as a plain directory on sys.path
+    from tests.helpers import served
     from tests.verifier_fixtures import AUDIENCE, LocalIssuer, running_issuer
 except ModuleNotFoundError:
+    from helpers import served  # type: ignore[no-redef, import-not-found]
     from verifier_fixtures import AUDIENCE, LocalIssuer, running_issuer  # type: ignore[no-redef, import-not-found]
 
 if TYPE_CHECKING:
@@ -84,7 +86,7 @@ async def client(issuer: LocalIssuer) -> AsyncIterator[Client]:
         app.router.add_get("/static/logo", health)
         app.router.add_get("/admin", public_but_marked)
         app.router.add_view("/reports", ReportView)
-        async with TestClient(TestServer(app)) as test_client:
+        async with served(app) as test_client:
             yield test_client
 
 
@@ -208,7 +210,7 @@ async def test_unavailable_issuer_keys_are_503_not_401(issuer: LocalIssuer, clie
 async def test_scoped_handler_without_the_middleware_fails_closed(issuer: LocalIssuer) -> None:
     app = web.Application()
     app.router.add_get("/orders", read_orders)
-    async with TestClient(TestServer(app)) as unprotected:
+    async with served(app) as unprotected:
         response = await unprotected.get("/orders", headers=bearer(issuer.issue()))
         assert response.status == 500
         assert "orders" not in await response.text()

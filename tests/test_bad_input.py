@@ -10,7 +10,6 @@ import pytest
 from tests.helpers import SECRET, basic, post_token
 
 
-
 @pytest.fixture
 async def snapshot(admin, db_conn):
     await admin.client("svc", grant_types=("client_credentials", "password"))

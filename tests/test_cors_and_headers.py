@@ -6,13 +6,11 @@ import os
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from tessera.server.app import create_app
 from tessera.server.settings import SettingsError, load_settings
-from tests.helpers import basic, post_token
+from tests.helpers import SECRET, basic, post_token, tessera_server
 
-SECRET = "s3cret-s3cret-s3cret"
 APP_ORIGIN = "https://app.example"
 
 
@@ -36,8 +34,7 @@ async def test_token_and_error_responses_are_never_cached_and_never_sniffed(clie
 
 
 async def test_throttled_and_unavailable_answers_are_not_cached_either(env, admin, clock):
-    settings = load_settings({**env, "TESSERA_LOGIN_MAX_FAILURES": "1"})
-    async with TestClient(TestServer(create_app(settings, clock=clock), host="127.0.0.1")) as http:
+    async with tessera_server(env, clock, TESSERA_LOGIN_MAX_FAILURES="1") as http:
         await admin.client("svc")
         for _ in range(2):
             status, _, response = await post_token(http, {"grant_type": "client_credentials"}, headers=basic("svc", "bad-bad-bad"))
@@ -60,8 +57,7 @@ async def test_cors_is_off_by_default(client, admin):
 
 @pytest.fixture
 async def cors_client(env, clock) -> Any:
-    settings = load_settings({**env, "TESSERA_CORS_ORIGINS": f"{APP_ORIGIN} http://localhost:3000"})
-    async with TestClient(TestServer(create_app(settings, clock=clock), host="127.0.0.1")) as http:
+    async with tessera_server(env, clock, TESSERA_CORS_ORIGINS=f"{APP_ORIGIN} http://localhost:3000") as http:
         yield http
 
 

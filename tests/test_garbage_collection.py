@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -10,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tessera.server.tasks.janitor import FAMILY_RETENTION, SECURITY_EVENT_RETENTION, Janitor, collect_garbage
-from tests.sessions import APP_GRANTS, PASSWORD, login, refresh
+from tests.helpers import PASSWORD, eventually
+from tests.sessions import APP_GRANTS, login, refresh
 from tests.test_cli import tessera
 
 NOW = datetime.now(UTC)
@@ -104,12 +104,13 @@ async def test_rotations_add_no_rows_and_gc_removes_a_revoked_family_but_never_a
 async def test_the_background_janitor_collects_on_its_own(owner, db_conn, admin):
     await _families(db_conn, owner, [CASES["revoked two days ago"][0], LIVE])
     janitor = Janitor(admin.pool, lambda: NOW.timestamp(), interval=0.05)
+
+    async def collected() -> bool:
+        return len(await _remaining(db_conn)) == 1
+
     janitor.start()
     try:
-        for _ in range(100):
-            if len(await _remaining(db_conn)) == 1:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(collected, timeout=5, interval=0.05, fail=False)
     finally:
         await janitor.stop()
     assert len(await _remaining(db_conn)) == 1

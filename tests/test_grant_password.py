@@ -8,7 +8,6 @@ from tessera.server.store import UserStore
 from tests.helpers import PASSWORD, SECRET, basic, fetch_jwks, post_token, verify_with_joserfc
 
 
-
 async def _login(http, username="alice", password=PASSWORD, **extra):
     form = {"grant_type": "password", "username": username, "password": password, **extra}
     return await post_token(http, form, headers=basic("app", SECRET))

@@ -13,8 +13,8 @@ from joserfc.jwk import ECKey, import_key
 from tessera.keys import kek as kek_box
 from tessera.keys.signer import b64url
 from tessera.server.settings import decode_kek
-from tests.helpers import basic, decode_segment, post_token
-from tests.sessions import APP_GRANTS, PASSWORD, SECRET, call, login, refresh, server_with
+from tests.helpers import PASSWORD, SECRET, basic, decode_segment, post_token, tessera_server
+from tests.sessions import APP_GRANTS, call, login, refresh
 
 INACTIVE = {"active": False}
 
@@ -26,7 +26,7 @@ async def app_and_alice(admin):
 
 
 async def test_a_live_refresh_token_is_active_with_its_claims(env, clock, app_and_alice):
-    async with server_with(env, clock, TESSERA_REFRESH_TOKEN_TTL="600", TESSERA_SESSION_TTL="1000") as http:
+    async with tessera_server(env, clock, TESSERA_REFRESH_TOKEN_TTL="600", TESSERA_SESSION_TTL="1000") as http:
         login_time = int(clock())
         token = (await login(http, scope="read"))["refresh_token"]
         clock.advance(500)
@@ -46,7 +46,7 @@ async def test_a_live_refresh_token_is_active_with_its_claims(env, clock, app_an
 
 
 async def test_spent_revoked_and_expired_refresh_tokens_are_inactive(env, clock, app_and_alice):
-    async with server_with(env, clock, TESSERA_REFRESH_TOKEN_TTL="600") as http:
+    async with tessera_server(env, clock, TESSERA_REFRESH_TOKEN_TTL="600") as http:
         first = (await login(http))["refresh_token"]
         _, second = await refresh(http, first)
         assert await call(http, "/introspect", first) == (200, INACTIVE)
@@ -120,7 +120,7 @@ async def test_forged_foreign_and_malformed_tokens_are_exactly_inactive(client, 
     head, payload, signature = body["access_token"].split(".")
     tampered_claims = dict(claims, scope="read write admin")
     tampered = ".".join([head, jwt.encode(header, tampered_claims, impostor).split(".")[1], signature])
-    async with server_with(env, clock, TESSERA_ISSUER="https://elsewhere.test") as other_issuer:
+    async with tessera_server(env, clock, TESSERA_ISSUER="https://elsewhere.test") as other_issuer:
         foreign = (await login(other_issuer))["access_token"]  # same keys, another issuer
     candidates = [
         "x", "a.b.c", "..", signed_by_impostor, tampered, foreign,
@@ -171,7 +171,7 @@ async def test_tokens_signed_with_this_servers_key_but_not_as_it_issues_them_are
 
 
 async def test_introspection_verifies_eddsa_tokens(env, clock, admin, app_and_alice):
-    async with server_with(env, clock, TESSERA_SIGNING_ALG="EdDSA") as http:
+    async with tessera_server(env, clock, TESSERA_SIGNING_ALG="EdDSA") as http:
         body = await login(http)
         assert decode_segment(body["access_token"].split(".")[0])["alg"] == "EdDSA"
         assert (await call(http, "/introspect", body["access_token"]))[1]["active"] is True

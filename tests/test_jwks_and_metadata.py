@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from joserfc.errors import BadSignatureError
 
 from tessera.keys import kek as kek_box
-from tessera.server.app import create_app
-from tessera.server.settings import load_settings
-from tests.helpers import SECRET, basic, fetch_jwks, post_token, verify_with_joserfc
+from tests.helpers import SECRET, basic, fetch_jwks, post_token, tessera_server, verify_with_joserfc
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 
@@ -69,7 +66,7 @@ async def test_a_restart_keeps_the_same_kid(settings, clock, admin):
     await admin.client("svc")
     kids = []
     for _ in range(2):
-        async with TestClient(TestServer(create_app(settings, clock=clock), host="127.0.0.1")) as http:
+        async with tessera_server(settings, clock) as http:
             token = await _token(http)
             kids.append(verify_with_joserfc(token, await fetch_jwks(http)).header["kid"])
     assert kids[0] == kids[1]
@@ -77,9 +74,8 @@ async def test_a_restart_keeps_the_same_kid(settings, clock, admin):
 
 @pytest.mark.parametrize("alg", ["ES256", "ES384", "EdDSA", "RS256", "PS256"])
 async def test_every_signing_algorithm_makes_tokens_joserfc_verifies(env, clock, admin, alg):
-    settings = load_settings({**env, "TESSERA_SIGNING_ALG": alg})
     await admin.client("svc")
-    async with TestClient(TestServer(create_app(settings, clock=clock), host="127.0.0.1")) as http:
+    async with tessera_server(env, clock, TESSERA_SIGNING_ALG=alg) as http:
         token = await _token(http)
         verified = verify_with_joserfc(token, await fetch_jwks(http), [alg])
         assert verified.header["alg"] == alg

@@ -14,8 +14,8 @@ from tessera.keys.lifecycle import key_roles
 from tessera.server.store import PgKeyStore
 from tessera.server.store.keys import RewrapError
 from tessera.server.store.secrets import server_secret
-from tests.helpers import SECRET, basic, post_token, verify_with_joserfc
-from tests.key_helpers import FAST_KEYS, eventually, in_process_server, jwks_of, kek_bytes, lifecycle_on, new_key
+from tests.helpers import SECRET, basic, eventually, post_token, tessera_server, verify_with_joserfc
+from tests.key_helpers import FAST_KEYS, jwks_of, kek_bytes, lifecycle_on, new_key
 
 
 def _kek_text() -> str:
@@ -54,7 +54,7 @@ async def test_the_documented_kek_change_keeps_every_instance_signing(env, clock
     # Step 1: every instance also gets the new KEK. A key made now still follows the active key's
     # KEK (the old one), so an instance that has not been restarted yet can open it.
     transition = {**FAST_KEYS, "TESSERA_NEW_KEY_ENCRYPTION_KEY": new_text}
-    async with in_process_server(env, clock, **transition) as during:
+    async with tessera_server(env, clock, **transition) as during:
         await _signs(during)
         async with lifecycle_on(env, clock, **transition) as lifecycle:
             made_before = (await lifecycle.rotate(force=True)).next_key.kid
@@ -75,7 +75,7 @@ async def test_the_documented_kek_change_keeps_every_instance_signing(env, clock
             made_after = (await lifecycle.rotate()).next_key.kid
         assert made_after in _opens(new, await _blobs(db_conn))
         # Step 3: instances restart with only the new KEK; the transition one keeps going meanwhile.
-        async with in_process_server({**env, "TESSERA_KEY_ENCRYPTION_KEY": new_text}, clock, **FAST_KEYS) as after:
+        async with tessera_server({**env, "TESSERA_KEY_ENCRYPTION_KEY": new_text}, clock, **FAST_KEYS) as after:
             assert await _signs(after) == await _signs(during)
         assert await server_secret(admin.pool, new, "chain") == chain
     assert await PgKeyStore(admin.pool).rewrap(rewrap) == (0, 0)  # a second run changes nothing
@@ -85,7 +85,7 @@ async def test_an_instance_with_only_the_old_kek_reports_not_ready_once_it_canno
     env, clock, admin
 ):
     old, new = kek_bytes(env["TESSERA_KEY_ENCRYPTION_KEY"]), kek_bytes(_kek_text())
-    async with in_process_server(env, clock, **FAST_KEYS) as stale:
+    async with tessera_server(env, clock, **FAST_KEYS) as stale:
         await PgKeyStore(admin.pool).rewrap(functools.partial(kek_box.reseal, old, new))
         assert (await stale.get("/readyz")).status == 200  # it still holds the active key, unsealed
         async with lifecycle_on({**env, "TESSERA_KEY_ENCRYPTION_KEY": base64.urlsafe_b64encode(new).decode()},

@@ -10,8 +10,8 @@ import pytest
 from joserfc.errors import InvalidKeyIdError
 
 from tessera.server.store.keys import KEYS_LOCK_ID
-from tests.helpers import SECRET, basic, verify_with_joserfc
-from tests.key_helpers import eventually, jwks_of, lifecycle_on, server_processes
+from tests.helpers import SECRET, basic, eventually, verify_with_joserfc
+from tests.key_helpers import jwks_of, lifecycle_on, server_processes
 from tests.processes import clean_env
 from tests.test_cli import tessera
 

@@ -14,10 +14,8 @@ from tessera.keys.keyring import Keyring
 from tessera.keys.lifecycle import RETIRED_KEY_LEEWAY, NotPublishedLongEnough, NoSuchKey, key_roles
 from tessera.server.tasks.key_scheduler import KeyScheduler
 from tessera.server.store import PgKeyStore
-from tests.helpers import basic, post_token, verify_with_joserfc
-from tests.key_helpers import FAST_KEYS, eventually, in_process_server, jwks_of, kek_bytes, lifecycle_for, lifecycle_on, new_key
-
-SECRET = "s3cret-s3cret-s3cret"
+from tests.helpers import SECRET, basic, eventually, post_token, tessera_server, verify_with_joserfc
+from tests.key_helpers import FAST_KEYS, jwks_of, kek_bytes, lifecycle_for, lifecycle_on, new_key
 
 
 async def _token(http) -> str:
@@ -63,7 +61,7 @@ async def test_rotation_waits_for_publication_even_when_the_interval_is_shorter_
 
 
 async def test_an_instance_with_a_longer_jwks_max_age_holds_back_rotation_elsewhere(env, clock, admin):
-    async with in_process_server(env, clock, **{**FAST_KEYS, "TESSERA_JWKS_MAX_AGE": "600"}):
+    async with tessera_server(env, clock, **{**FAST_KEYS, "TESSERA_JWKS_MAX_AGE": "600"}):
         # This server caches for 600 s, so the next key it serves must wait 601 s, even for a
         # CLI or instance configured with 60.
         async with lifecycle_on(env, clock, **FAST_KEYS) as elsewhere:
@@ -80,7 +78,7 @@ async def test_an_instance_with_a_longer_jwks_max_age_holds_back_rotation_elsewh
 
 async def test_the_scheduler_rotates_when_due_and_a_jwks_cached_before_verifies_the_new_tokens(env, clock, admin, db_conn):
     await admin.client("svc")
-    async with in_process_server(env, clock, **FAST_KEYS) as http:
+    async with tessera_server(env, clock, **FAST_KEYS) as http:
         cached, kids_before = await jwks_of(http)
         old_token = await _token(http)
         clock.advance(3599)
@@ -122,7 +120,7 @@ async def test_many_concurrent_schedulers_make_exactly_one_rotation_per_interval
 
 async def test_a_change_reaches_an_instance_through_notify_without_waiting_for_its_poll(env, clock, admin):
     await admin.client("svc")
-    async with in_process_server(env, clock, **{**FAST_KEYS, "TESSERA_KEY_RELOAD_INTERVAL": "300"}) as http:
+    async with tessera_server(env, clock, **{**FAST_KEYS, "TESSERA_KEY_RELOAD_INTERVAL": "300"}) as http:
         _, kids = await jwks_of(http)
         async with lifecycle_on(env, clock, **FAST_KEYS) as elsewhere:
             await elsewhere.rotate(force=True)
@@ -133,7 +131,7 @@ async def test_a_change_reaches_an_instance_through_notify_without_waiting_for_i
 async def test_the_listener_reconnects_after_its_connection_is_killed(env, clock, admin, db_conn):
     await admin.client("svc")
     listeners = "SELECT pid FROM pg_stat_activity WHERE application_name = 'tessera-listen' AND datname = current_database()"
-    async with in_process_server(env, clock, **{**FAST_KEYS, "TESSERA_KEY_RELOAD_INTERVAL": "300"}) as http:
+    async with tessera_server(env, clock, **{**FAST_KEYS, "TESSERA_KEY_RELOAD_INTERVAL": "300"}) as http:
         _, kids = await jwks_of(http)
         first = await eventually(lambda: db_conn.fetchval(listeners), what="listener connected")
         await db_conn.execute("SELECT pg_terminate_backend($1)", first)
@@ -152,7 +150,7 @@ async def _other_listener(db_conn, query: str, old_pid: int) -> bool:
 
 async def test_a_retired_key_stays_published_until_its_tokens_expire_plus_leeway_then_gc_drops_it(env, clock, admin, db_conn):
     await admin.client("svc")
-    async with in_process_server(env, clock, **FAST_KEYS) as http:
+    async with tessera_server(env, clock, **FAST_KEYS) as http:
         _, kids = await jwks_of(http)
         old_token = await _token(http)
         async with lifecycle_on(env, clock, **FAST_KEYS) as elsewhere:
@@ -195,7 +193,7 @@ async def test_gc_keeps_revoked_keys_for_the_record_for_thirty_days(env, clock, 
 
 async def test_revoking_the_active_key_rotates_first_and_its_tokens_stop_verifying(env, clock, admin, db_conn):
     await admin.client("svc")
-    async with in_process_server(env, clock, **FAST_KEYS) as http:
+    async with tessera_server(env, clock, **FAST_KEYS) as http:
         cached, kids = await jwks_of(http)
         doomed = await _token(http)
         async with lifecycle_on(env, clock, **FAST_KEYS) as elsewhere:
@@ -285,9 +283,9 @@ async def test_changing_the_signing_algorithm_takes_effect_at_the_next_rotation_
     env, clock, admin, db_conn
 ):
     await admin.client("svc")
-    async with in_process_server(env, clock, **FAST_KEYS) as http:
+    async with tessera_server(env, clock, **FAST_KEYS) as http:
         es256_token = await _token(http)
-    async with in_process_server(env, clock, **FAST_KEYS, TESSERA_SIGNING_ALG="PS256") as http:
+    async with tessera_server(env, clock, **FAST_KEYS, TESSERA_SIGNING_ALG="PS256") as http:
         key_set, kids = await jwks_of(http)
         algs = {k.kid: k.alg for k in key_set}
         assert algs[kids[0]] == "ES256" and algs[kids[1]] == "PS256"  # the unused next key was replaced
@@ -301,7 +299,7 @@ async def test_changing_the_signing_algorithm_takes_effect_at_the_next_rotation_
 
 
 async def test_the_jwks_etag_follows_the_key_set(env, clock):
-    async with in_process_server(env, clock, **FAST_KEYS) as http:
+    async with tessera_server(env, clock, **FAST_KEYS) as http:
         first = await http.get("/.well-known/jwks.json")
         etag = first.headers["ETag"]
         assert first.headers["Cache-Control"] == "public, max-age=60"

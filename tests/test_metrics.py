@@ -7,20 +7,13 @@ import asyncio
 import json
 import os
 import signal
-import time
 
 import aiohttp
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from tessera.server.ops import events
-from tessera.server.app import create_app
-from tessera.server.settings import load_settings
-from tests.helpers import basic, post_token
-from tests.key_helpers import eventually
+from tests.helpers import PASSWORD, SECRET, basic, eventually, post_token, tessera_server
 from tests.processes import Process, free_port, parse_metrics, sample, wait_until_ready
-
-SECRET = "s3cret-s3cret-s3cret"
-PASSWORD = "correct horse battery staple"
 
 
 async def scrape(http: TestClient) -> dict:  # type: ignore[type-arg]
@@ -131,8 +124,7 @@ async def test_key_ages_come_from_the_keyring_and_follow_the_clock(client, clock
 
 async def test_pool_waits_are_counted_when_requests_outnumber_connections(env, admin, clock):
     await admin.client("svc")
-    settings = load_settings({**env, "TESSERA_DB_POOL_SIZE": "1"})
-    async with TestClient(TestServer(create_app(settings, clock=clock), host="127.0.0.1")) as http:
+    async with tessera_server(env, clock, TESSERA_DB_POOL_SIZE="1") as http:
         statuses = await asyncio.gather(
             *(post_token(http, {"grant_type": "client_credentials"}, headers=basic("svc", SECRET)) for _ in range(20))
         )
@@ -170,10 +162,15 @@ def worker_pids(lines: list[dict]) -> dict[int, int]:  # type: ignore[type-arg]
 
 async def wait_until_listening(server: Process, count: int) -> None:
     """/readyz answers as soon as one worker listens; wait for all of them."""
-    deadline = time.monotonic() + 30
-    while len({line["pid"] for line in server.log_lines() if line.get("msg") == "listening"}) < count:
-        assert time.monotonic() < deadline and server.popen.poll() is None, server.stderr()[-2000:]
-        await asyncio.sleep(0.05)
+
+    def all_listening() -> bool:
+        if len({line["pid"] for line in server.log_lines() if line.get("msg") == "listening"}) >= count:
+            return True
+        assert server.popen.poll() is None, server.stderr()[-2000:]
+        return False
+
+    await eventually(all_listening, timeout=30, interval=0.05, what=f"{count} workers listening",
+                     details=lambda: server.stderr()[-2000:])
 
 
 async def test_metrics_from_any_worker_add_up_across_workers(processes, env, admin):
@@ -224,10 +221,8 @@ async def test_a_killed_worker_is_replaced_and_its_counts_are_kept(processes, en
     # the turn's answers went out: a kill -9 in those microseconds would lose them (and only them).
     await asyncio.sleep(0.1)
     os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while worker_pids(server.log_lines())[0] == victim:
-        assert time.monotonic() < deadline, "the killed worker was not replaced"
-        await asyncio.sleep(0.1)
+    await eventually(lambda: worker_pids(server.log_lines())[0] != victim, timeout=20, interval=0.1,
+                     what="the killed worker replaced")
     died = [line for line in server.log_lines() if line.get("msg") == "worker died"]
     assert [(line["worker_pid"], line["exitcode"]) for line in died] == [(victim, -signal.SIGKILL)]
     await wait_until_listening(server, 3)  # the survivor, and the replacement

@@ -20,11 +20,10 @@ from tessera.server.oauth.passwords import SecretHasher
 from tessera.server.settings import load_settings
 from tessera.server.store import ClientStore, UserStore
 from tests.conftest import FAST_ARGON2, TABLES_KEPT
-from tests.helpers import basic
+from tests.helpers import KEK, PASSWORD, SECRET, basic
 from tests.processes import tessera_serve
 
 DOCUMENT = Path(__file__).parent.parent / "server" / "http" / "openapi.json"
-SECRET = "s3cret-s3cret-s3cret"
 CONTRACT_PATHS = {
     "/token", "/revoke", "/introspect", "/.well-known/jwks.json", "/.well-known/oauth-authorization-server",
     "/.well-known/openid-configuration", "/healthz", "/readyz", "/metrics",
@@ -67,7 +66,7 @@ async def _prepare(database_url: str) -> None:
                 grant_types=["client_credentials", "password", "refresh_token"],
                 scopes=["read", "write"], audiences=["https://orders.example"],
             )
-            await UserStore(connection).create("alice", await hasher.hash("correct horse battery staple"))
+            await UserStore(connection).create("alice", await hasher.hash(PASSWORD))
         finally:
             hasher.close()
     finally:
@@ -81,7 +80,7 @@ def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     env = {
         **FAST_ARGON2,
         "TESSERA_DATABASE_URL": database_url,
-        "TESSERA_KEY_ENCRYPTION_KEY": "A" * 43,
+        "TESSERA_KEY_ENCRYPTION_KEY": KEK,
         "TESSERA_DATA_DIR": str(tmp_path_factory.mktemp("live")),
         # Generated requests fail often; throttling them is tested elsewhere.
         "TESSERA_LOGIN_MAX_FAILURES": "1000000",

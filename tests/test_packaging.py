@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import basic, post_token
+from tests.helpers import SECRET, basic, post_token
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_ONLY = {"asyncpg", "argon2-cffi", "argon2_cffi", "pgserver", "prometheus-client", "prometheus_client"}
@@ -100,7 +100,7 @@ async def test_the_base_install_verifies_tokens_without_the_server_dependencies(
 
     await admin.client("svc")
     status, body, _ = await post_token(
-        client, {"grant_type": "client_credentials"}, headers=basic("svc", "s3cret-s3cret-s3cret")
+        client, {"grant_type": "client_credentials"}, headers=basic("svc", SECRET)
     )
     assert status == 200, body
     jwks_url = str(client.make_url("/.well-known/jwks.json"))

@@ -7,8 +7,8 @@ import secrets
 import pytest
 
 from tessera.server.oauth.families import RefreshToken, parse_refresh_token
-from tests.helpers import basic, post_token
-from tests.sessions import APP_GRANTS, PASSWORD, SECRET, call, family_row, login, refresh
+from tests.helpers import PASSWORD, SECRET, basic, post_token
+from tests.sessions import APP_GRANTS, call, family_row, login, refresh
 
 
 @pytest.fixture

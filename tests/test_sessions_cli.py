@@ -8,7 +8,8 @@ import asyncpg
 import pytest
 
 from tessera.server.store import UserStore
-from tests.sessions import APP_GRANTS, PASSWORD, call, family_id_of, family_row, login, refresh
+from tests.helpers import PASSWORD
+from tests.sessions import APP_GRANTS, call, family_id_of, family_row, login, refresh
 from tests.test_cli import tessera
 
 

@@ -8,7 +8,6 @@ from tessera.server.settings import SettingsError, load_settings
 from tests.helpers import KEK
 
 
-
 def test_defaults_follow_the_contract(tmp_path):
     settings = load_settings({"TESSERA_DATA_DIR": str(tmp_path)})
     assert (settings.host, settings.port, settings.issuer) == ("127.0.0.1", 8080, "http://127.0.0.1:8080")

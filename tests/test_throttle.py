@@ -8,14 +8,10 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from tessera.server.app import create_app
-from tessera.server.settings import load_settings
-from tests.helpers import basic, post_token, within_notification
+from tests.helpers import PASSWORD, SECRET, basic, eventually, post_token, tessera_server
 
-SECRET = "s3cret-s3cret-s3cret"
-PASSWORD = "correct horse battery staple"
 LIMIT = 3
 ATTACKER = "203.0.113.66"
 VICTIM = "198.51.100.7"
@@ -102,8 +98,7 @@ async def test_a_burst_of_identical_attempts_counts_once(client, app_client):
 
 
 async def test_a_client_s_first_burst_of_requests_is_neither_throttled_nor_queued_away(env, admin, clock):
-    settings = load_settings({**env, "TESSERA_ARGON2_THREADS": "1", "TESSERA_ARGON2_QUEUE": "0"})
-    async with TestClient(TestServer(create_app(settings, clock=clock), host="127.0.0.1")) as http:
+    async with tessera_server(env, clock, TESSERA_ARGON2_THREADS="1", TESSERA_ARGON2_QUEUE="0") as http:
         await admin.client("svc")
         answers = await asyncio.gather(*(_client_credentials(http, SECRET) for _ in range(40)))
         assert [status for status, _, _ in answers] == [200] * 40
@@ -120,8 +115,7 @@ async def test_a_success_starts_the_count_again(client, app_client):
 
 async def test_throttled_attempts_never_reach_argon2(env, admin, clock):
     # One argon2 thread and no queue: any attempt that reached argon2 alongside another would be a 503.
-    settings = load_settings({**env, "TESSERA_ARGON2_THREADS": "1", "TESSERA_ARGON2_QUEUE": "0"})
-    async with TestClient(TestServer(create_app(settings, clock=clock), host="127.0.0.1")) as http:
+    async with tessera_server(env, clock, TESSERA_ARGON2_THREADS="1", TESSERA_ARGON2_QUEUE="0") as http:
         await admin.client("app", grant_types=("password",))
         await admin.user("alice", PASSWORD)
         assert (await _login(http, password=PASSWORD))[0] == 200  # the client's secret is now cached
@@ -132,8 +126,7 @@ async def test_throttled_attempts_never_reach_argon2(env, admin, clock):
 
 
 async def test_password_spraying_from_one_address_hits_the_per_address_cap(env, admin, clock):
-    settings = load_settings({**env, "TESSERA_LOGIN_MAX_FAILURES_PER_ADDRESS": "5"})
-    async with TestClient(TestServer(create_app(settings, clock=clock), host="127.0.0.1")) as http:
+    async with tessera_server(env, clock, TESSERA_LOGIN_MAX_FAILURES_PER_ADDRESS="5") as http:
         await admin.client("app", grant_types=("password",))
         await admin.user("alice", PASSWORD)
         for n in range(5):
@@ -164,14 +157,14 @@ async def test_guessing_on_one_instance_throttles_the_cached_secret_on_another(c
     await admin.client("svc")
     assert (await _client_credentials(client, SECRET))[0] == 200  # cached on this instance
     assert (await _client_credentials(client, SECRET))[0] == 200  # and its counter known to be clean
-    async with TestClient(TestServer(create_app(settings, clock=clock), host="127.0.0.1")) as other:
+    async with tessera_server(settings, clock) as other:
         for n in range(LIMIT):
             assert (await _client_credentials(other, f"guess-{n}-guess-{n}"))[0] == 401
 
     async def throttled_here() -> bool:
         return (await _client_credentials(client, SECRET))[0] == 429
 
-    assert await within_notification(throttled_here)
+    await eventually(throttled_here, timeout=2.0, interval=0.005, what="the pair throttled here too")
     _assert_throttled(*await _client_credentials(client, SECRET))
     assert (await _client_credentials(client, SECRET, address=VICTIM))[0] == 200
 
@@ -190,8 +183,7 @@ async def test_unknown_clients_are_throttled_like_known_ones(client, admin):
 
 
 async def test_the_counters_are_shared_by_every_instance(env, admin, clock):
-    apps = [create_app(load_settings(env), clock=clock) for _ in range(2)]
-    async with TestClient(TestServer(apps[0], host="127.0.0.1")) as one, TestClient(TestServer(apps[1], host="127.0.0.1")) as two:
+    async with tessera_server(env, clock) as one, tessera_server(env, clock) as two:
         await admin.client("app", grant_types=("password",))
         await admin.user("alice", PASSWORD)
         for n in range(LIMIT):
@@ -219,8 +211,10 @@ async def test_a_cached_client_authentication_writes_nothing(client, admin, db_c
         await db_conn.execute("DROP TRIGGER no_writes ON login_failures; DROP FUNCTION refuse_write()")
 
 
-async def test_usernames_and_addresses_are_not_stored_in_the_clear(client, app_client, db_conn):
-    await _login(client, "secret-looking-username")
+async def test_usernames_and_addresses_are_not_stored_in_the_clear(env, clock, app_client, db_conn):
+    # With the (opt-in) per-address cap on, so that the address's own counter is written too.
+    async with tessera_server(env, clock, TESSERA_LOGIN_MAX_FAILURES_PER_ADDRESS="50") as http:
+        await _login(http, "secret-looking-username")
     rows = await db_conn.fetch("SELECT counter, kind, remote FROM login_failures")
     assert {"user", "address"} <= {row["kind"] for row in rows}
     assert all(len(row["counter"]) == 32 and b"secret-looking" not in bytes(row["counter"]) for row in rows)

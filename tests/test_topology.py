@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from joserfc.jwk import KeySet
 
-from tests.helpers import basic, decode_segment, verify_with_joserfc
+from tests.helpers import PASSWORD, basic, decode_segment, eventually, verify_with_joserfc
 from tests.processes import Process, Processes, cli, free_port, wait_until_ready
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -128,10 +128,7 @@ async def client_credentials_token_verifies_against_the_jwks(topo: Topology, htt
         tessera_ids = {line.get("request_id") for p in topo.instances for line in p.log_lines()}
         return request_id in {line["request_id"] for line in topo.access_log()}, request_id in tessera_ids
 
-    for _ in range(200):
-        if all(logged()):
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: all(logged()), timeout=2, interval=0.01, fail=False)
     assert logged() == (True, True)
 
 
@@ -150,11 +147,11 @@ async def refresh_rotates_and_reuse_revokes_the_family(topo: Topology, http: aio
     made = [
         cli(topo.env, "clients", "create", "web", "--grant-types", "password,refresh_token", "--scopes", "profile",
             "--audiences", AUDIENCE, "--json"),
-        cli(topo.env, "users", "create", "alice", "--password-stdin", stdin="correct horse battery staple\n"),
+        cli(topo.env, "users", "create", "alice", "--password-stdin", stdin=PASSWORD + "\n"),
     ]
     assert [m.returncode for m in made] == [0, 0], [m.stderr for m in made]
     auth = basic("web", json.loads(made[0].stdout)["client_secret"])
-    form = {"grant_type": "password", "username": "alice", "password": "correct horse battery staple"}
+    form = {"grant_type": "password", "username": "alice", "password": PASSWORD}
     async with http.post(f"{topo.lb}/token", data=form, headers=auth) as response:
         first = (await response.json())["refresh_token"]
     async with http.post(f"{topo.lb}/token", data={"grant_type": "refresh_token", "refresh_token": first}, headers=auth) as response:

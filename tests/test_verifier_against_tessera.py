@@ -6,11 +6,9 @@ import asyncio
 
 import jwt as pyjwt
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from tessera.keys import BadSignature, Verifier, WrongAudience
-from tessera.server.app import create_app
-from tests.helpers import SECRET, basic, post_token
+from tests.helpers import SECRET, basic, post_token, tessera_server
 
 ISSUER = "https://tessera.test"
 
@@ -25,11 +23,8 @@ async def _token(http, **form):
 
 @pytest.mark.parametrize("alg", ["ES256", "EdDSA", "PS256"])
 async def test_tessera_tokens_verify_with_the_verifier_and_with_pyjwt(env, clock, admin, alg):
-    from tessera.server.settings import load_settings
-
-    settings = load_settings({**env, "TESSERA_SIGNING_ALG": alg})
     await admin.client("svc")
-    async with TestClient(TestServer(create_app(settings), host="127.0.0.1")) as http:
+    async with tessera_server(env, TESSERA_SIGNING_ALG=alg) as http:
         token = await _token(http)
         jwks_url = str(http.make_url("/.well-known/jwks.json"))
         async with Verifier(issuer=ISSUER, audience="https://orders.example", algorithms=[alg], jwks_url=jwks_url) as verifier:
@@ -52,7 +47,7 @@ async def test_tessera_tokens_verify_with_the_verifier_and_with_pyjwt(env, clock
 
 async def test_cached_verification_keeps_working_with_the_server_stopped(settings, admin):
     await admin.client("svc")
-    async with TestClient(TestServer(create_app(settings), host="127.0.0.1")) as http:
+    async with tessera_server(settings) as http:
         token = await _token(http)
         jwks_url = str(http.make_url("/.well-known/jwks.json"))
         verifier = Verifier(issuer=ISSUER, audience="https://orders.example", jwks_url=jwks_url)
