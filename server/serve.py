@@ -5,7 +5,9 @@ Shutdown on SIGTERM (or SIGINT), in this order:
 1. /readyz answers 503, so a load balancer that polls it stops sending new work;
 2. after TESSERA_SHUTDOWN_DELAY seconds (0 by default) the listener closes: new connections are
    refused, and idle keep-alive connections are closed;
-3. requests in flight finish, for up to TESSERA_SHUTDOWN_TIMEOUT seconds (then they are cancelled);
+3. requests in flight finish, for up to TESSERA_SHUTDOWN_TIMEOUT seconds (then they are cancelled),
+   also one whose body is still arriving: its connection keeps reading that body
+   (tessera.server.http.answering.AnsweringConnection);
 4. the database pool closes and the process exits with status 0.
 
 With ``--workers N`` the supervisor starts the embedded PostgreSQL (if no TESSERA_DATABASE_URL),
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import ipaddress
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -42,6 +45,8 @@ from tessera.server.store import db
 from tessera.server.ops import logs
 from tessera.server.ops import metrics
 from tessera.server.app import create_app, prepare_database
+from tessera.server.http.answering import AnsweringRunner
+from tessera.server.ops.metrics import METRICS
 from tessera.server.services import SERVICES
 from tessera.server.settings import Settings, SettingsError
 
@@ -61,7 +66,8 @@ def _install_uvloop() -> None:
 
 def serve(settings: Settings) -> int:
     logs.configure()
-    ensure_port_free(settings.host, settings.port)
+    ensure_port_free(settings.host, settings.port)  # a refusal is the only line on stderr
+    check_development_kek(settings)
     if settings.workers > 1:
         return Supervisor(settings).run()
     if given := os.environ.get(metrics.MULTIPROC_ENV):
@@ -101,7 +107,11 @@ async def _serve_until_signalled(settings: Settings, reuse_port: bool) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=settings.shutdown_timeout)
+    # aiohttp's runner, with connections that answer what aiohttp would answer itself (requests its
+    # parser refuses) as every other error, and that let a request finish its body on shutdown.
+    runner = AnsweringRunner(
+        app, series=app[METRICS], access_log=None, handle_signals=False, shutdown_timeout=settings.shutdown_timeout
+    )
     await runner.setup()  # opens the pool, migrates, loads the keys
     try:
         frozen = settle_heap()  # before the port opens, so that its one full collection holds up no request
@@ -137,6 +147,37 @@ def _worker_main(settings: Settings) -> None:
         log.exception("worker failed")
         code = 1
     raise SystemExit(code)
+
+
+def check_development_kek(settings: Settings) -> None:
+    """With the embedded database and no TESSERA_KEY_ENCRYPTION_KEY, private keys and server
+    secrets are sealed with a key kept in a file beside the database they are sealed in: fine on a
+    developer's machine, no protection anywhere else. Said at every start; on an address other
+    than loopback, refused unless the operator says they mean it."""
+    if not settings.development_kek:
+        return
+    if not _is_loopback(settings.host) and not settings.allow_dev_kek_on_network:
+        raise SettingsError(
+            f"TESSERA_HOST: {settings.host} is not a loopback address, and private keys would be sealed with"
+            " the development key-encryption key kept beside the embedded database; set"
+            " TESSERA_KEY_ENCRYPTION_KEY (and TESSERA_DATABASE_URL), or TESSERA_ALLOW_DEV_KEK_ON_NETWORK=1"
+            " if that is what you mean"
+        )
+    log.warning(
+        "development key-encryption key in use: private keys are sealed with a key stored beside the"
+        " embedded database; set TESSERA_KEY_ENCRYPTION_KEY outside development",
+        extra={"event": "development_kek", "path": str(settings.data_dir / "key-encryption-key"),
+               "host": settings.host},
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve to anything
 
 
 def ensure_port_free(host: str, port: int) -> None:

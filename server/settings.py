@@ -59,17 +59,40 @@ class Settings:
     # Only while changing the KEK: the new one (see `tessera keys rewrap`).
     new_key_encryption_key: bytes | None = None
     # Hardening (docs/hardening.md): abuse, slow clients, browsers.
-    login_max_failures_per_address: int = 100
+    # 0: no cap per address. A cap lets failures for some names refuse every other name's right
+    # password from that address (a NAT, a proxy), so it is the operator's choice, never the default.
+    login_max_failures_per_address: int = 0
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     argon2_threads: int = 1
     argon2_queue: int = 16
     client_timeout: float = 15.0
     db_startup_wait: float = 30.0
     cors_origins: frozenset[str] = frozenset()
+    # `tessera serve` on a non-loopback host with the embedded database and its development KEK.
+    allow_dev_kek_on_network: bool = False
+    # Sign-in for people (the authorization code flow and its pages).
+    authorization_code_ttl: int = 60
+    login_session_ttl: int = 28800
+    templates_dir: Path | None = None
 
     @property
     def embedded_database(self) -> bool:
         return self.database_url is None
+
+    @property
+    def development_kek(self) -> bool:
+        """Private keys are sealed with the key kept beside the embedded database (``TESSERA_DATA_DIR``)."""
+        return self.database_url is None and self.key_encryption_key is None
+
+
+def _directory(env: Mapping[str, str], name: str) -> Path | None:
+    text = _text(env, name, None)
+    if text is None:
+        return None
+    path = Path(text).expanduser().absolute()
+    if not path.is_dir():
+        raise SettingsError(f"{name}: {text!r} is not a directory")
+    return path
 
 
 def _text(env: Mapping[str, str], name: str, default: str | None) -> str | None:
@@ -103,6 +126,15 @@ def _float(env: Mapping[str, str], name: str, default: float, low: float, high: 
     if not low <= value <= high:
         raise SettingsError(f"{name}: {value} is outside {low}..{high}")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (_text(env, name, None) or "0").lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}: expected 1 or 0, got {raw!r}")
 
 
 def decode_kek(raw: str, name: str) -> bytes:
@@ -250,7 +282,7 @@ def load_settings(
         parallelism=_int(env, "TESSERA_ARGON2_PARALLELISM", 1, 1, 64),
     )
     max_body = _int(env, "TESSERA_MAX_BODY_BYTES", 16384, 1024, 1024 * 1024)
-    per_address = _int(env, "TESSERA_LOGIN_MAX_FAILURES_PER_ADDRESS", 100, 0, 1_000_000)
+    per_address = _int(env, "TESSERA_LOGIN_MAX_FAILURES_PER_ADDRESS", 0, 0, 1_000_000)
     return Settings(
         database_url=database_url,
         data_dir=data_dir,
@@ -284,4 +316,9 @@ def load_settings(
         client_timeout=_float(env, "TESSERA_CLIENT_TIMEOUT", 15.0, 0.5, 30.0),
         db_startup_wait=_float(env, "TESSERA_DB_STARTUP_WAIT", 30.0, 0.0, 3600.0),
         cors_origins=_origins(env, "TESSERA_CORS_ORIGINS"),
+        allow_dev_kek_on_network=_flag(env, "TESSERA_ALLOW_DEV_KEK_ON_NETWORK"),
+        # RFC 9700 section 4.5 / RFC 6749 section 4.1.2: a code lives at most 10 minutes.
+        authorization_code_ttl=_int(env, "TESSERA_AUTHORIZATION_CODE_TTL", 60, 1, 600),
+        login_session_ttl=_int(env, "TESSERA_LOGIN_SESSION_TTL", 28800, 0, 10 * year),
+        templates_dir=_directory(env, "TESSERA_TEMPLATES_DIR"),
     )

@@ -68,8 +68,9 @@ async def test_bad_request_gets_an_rfc6749_error_and_changes_nothing(client, sna
 
 async def test_unknown_grant_is_unsupported_grant_type(client, admin):
     await admin.client("svc")
-    status, body, _ = await post_token(client, {"grant_type": "authorization_code"}, headers=basic("svc", SECRET))
-    assert status == 400 and body["error"] == "unsupported_grant_type"
+    for grant_type in ("urn:example:unknown", "implicit", "authorization_code2"):
+        status, body, _ = await post_token(client, {"grant_type": grant_type}, headers=basic("svc", SECRET))
+        assert status == 400 and body["error"] == "unsupported_grant_type"
 
 
 async def test_oversized_body_is_refused_with_413(client, snapshot):

@@ -133,7 +133,7 @@ def test_a_bad_hardening_setting_stops_with_one_line_naming_it(name, value):
 
 def test_hardening_defaults(tmp_path):
     settings = load_settings({"TESSERA_DATA_DIR": str(tmp_path)})
-    assert settings.login_max_failures_per_address == 100
+    assert settings.login_max_failures_per_address == 0  # the per-address cap is an opt-in
     assert settings.trusted_proxies == () and settings.cors_origins == frozenset()
     assert (settings.argon2_threads, settings.argon2_queue) == (max(1, (os.cpu_count() or 2) // 2), 16)
     assert settings.client_timeout == 15.0 and settings.db_startup_wait == 30.0

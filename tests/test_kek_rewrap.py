@@ -61,8 +61,9 @@ async def test_the_documented_kek_change_keeps_every_instance_signing(env, clock
         assert made_before in _opens(old, await _blobs(db_conn))
         # Step 2: rewrap.
         rewrap = functools.partial(kek_box.reseal, old, new)
-        # Three keys, and two secrets: the test's own and the refresh-token chain key the server made.
-        assert await PgKeyStore(admin.pool).rewrap(rewrap) == (3, 3)
+        # Three keys, and four secrets: the test's own, and the refresh-token chain key, the login
+        # throttle's key and the sign-in pages' key that the server made.
+        assert await PgKeyStore(admin.pool).rewrap(rewrap) == (3, 4)
         blobs = await _blobs(db_conn)
         assert _opens(new, blobs) == set(blobs) and not _opens(old, blobs)
         await _signs(during)

@@ -32,6 +32,10 @@ class CountingPool:
         self.statements += 1
         return await self.pool.fetchrow(*args)
 
+    def acquire(self):  # the batcher sends each statement on a connection it acquires (its clock)
+        self.statements += 1
+        return self.pool.acquire()
+
 
 @pytest.fixture
 async def pool(clean_database):

@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,9 @@ from aiohttp import web
 
 from tessera.server.oauth.errors import RequestTimeout
 from tessera.server.settings import Settings
+from tessera.server.store.db import REQUEST_GIVES_UP
+
+log = logging.getLogger("tessera")
 
 
 @dataclass(slots=True)
@@ -137,6 +142,9 @@ def with_deadline(handler: Handler) -> Handler:
     memory (the JWKS, metadata, health) or bound their one query themselves (/readyz), and anything
     else is a 404 or 405. A wrapper on those endpoints, not a middleware, so the others do not pay
     for a layer that does nothing for them.
+
+    The deadline is also the request's ``REQUEST_GIVES_UP``: the store hands it to every write the
+    request makes, which the database then refuses to commit once the answer may have gone.
     """
 
     @functools.wraps(handler)
@@ -146,6 +154,7 @@ def with_deadline(handler: Handler) -> Handler:
         assert task is not None
         deadline = limits.start(task)
         request[REQUEST_CLOCK] = RequestClock(deadline, limits.client_timeout, limits.answer_within)
+        gives_up = REQUEST_GIVES_UP.set(deadline)
         try:
             return await handler(request)
         except asyncio.CancelledError:
@@ -155,6 +164,7 @@ def with_deadline(handler: Handler) -> Handler:
                 raise TimeoutError("the answer was not ready in time") from None
             raise
         finally:
+            REQUEST_GIVES_UP.reset(gives_up)
             limits.end(deadline)
 
     return bounded
@@ -180,15 +190,37 @@ async def receiving_body(request: web.Request) -> AsyncIterator[None]:
 
 def client_address(request: web.Request, trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str | None:
     """The address a request came from: the peer, or behind trusted proxies the nearest address
-    in ``X-Forwarded-For`` that is not one of them (the only one nobody else could have forged)."""
+    in ``X-Forwarded-For`` that is not one of them (the only one nobody else could have forged).
+
+    ``X-Forwarded-For`` from any other peer is ignored (anyone can send it), with a warning the
+    first time: behind a proxy that is not trusted, every caller has the proxy's address, and
+    the throttle counts them all as one.
+    """
     peer = request.remote
     if not trusted_proxies or not _is_trusted(peer, trusted_proxies):
+        if not _FORWARDED_FOR_WARNED.is_set() and "X-Forwarded-For" in request.headers:
+            _warn_forwarded_for_ignored(peer)
         return peer
     forwarded = [item.strip() for value in request.headers.getall("X-Forwarded-For", []) for item in value.split(",")]
     for hop in reversed(forwarded):
         if not _is_trusted(hop, trusted_proxies):
             return hop if _is_address(hop) else peer
     return peer
+
+
+# Once per process: one line shows the operator the proxy to trust; one per request would let any
+# client fill the logs.
+_FORWARDED_FOR_WARNED = threading.Event()
+
+
+def _warn_forwarded_for_ignored(peer: str | None) -> None:
+    _FORWARDED_FOR_WARNED.set()
+    log.warning(
+        "X-Forwarded-For ignored: the peer is not in TESSERA_TRUSTED_PROXIES. If it is a proxy or load"
+        " balancer of yours, add its address there; until then every caller behind it has its address,"
+        " and a username throttled for one caller is throttled for all of them. Logged once.",
+        extra={"event": "forwarded_for_ignored", "peer": peer},
+    )
 
 
 def _is_address(text: str) -> bool:

@@ -3,7 +3,8 @@
 Three methods, registered by name: ``client_secret_basic``, ``client_secret_post`` and ``none``
 (public clients). Using two at once is ``invalid_request`` (section 2.3). Every failure to
 authenticate is the same ``invalid_client`` answer, whether the client is unknown or the secret
-wrong, and both cost one argon2 verification.
+wrong, and both cost one argon2 verification; a client id alone costs one query, whether the
+client exists or not.
 """
 
 from __future__ import annotations
@@ -112,13 +113,15 @@ class VerifiedSecretCache:
 
 
 class ClientAuthenticator:
-    """Authenticates the caller, throttled per (client, address) and per address (tessera.server.oauth.throttle).
+    """Authenticates the caller, throttled per (client, address) (tessera.server.oauth.throttle).
 
     The common case costs no query and no write: the client row comes from ``ClientCache``, the
     pair's failure counter is known to be clean (``RecentFailures``), and a secret that matched
     recently is recognised by ``VerifiedSecretCache``. Otherwise the client row and its failure
     counter come back together in one query. Only an attempt that has to run argon2 (a new, wrong
     or unknown secret) is charged to the throttle first, so a throttled attempt never reaches argon2.
+    Only a caller that knows a secret is answered from memory: what anyone can send (a client id
+    alone, a wrong secret) costs the same for a known client as for an unknown one.
     """
 
     def __init__(
@@ -142,8 +145,10 @@ class ClientAuthenticator:
         if len(credentials.client_id) > 128:
             raise InvalidClient("client authentication failed")
         if credentials.method == "none":
-            # Nothing to guess: a public client has no secret, and no argon2 runs.
-            client = await self._rows.load(credentials.client_id, self._clients.get)
+            # Nothing to guess: a public client has no secret, and no argon2 runs. The row is read
+            # every time, never from memory: a known id answered from the cache and an unknown one
+            # read from the database would tell by their timing which client ids exist.
+            client = await self._clients.get(credentials.client_id)
             if client is None or not client.is_public:
                 raise InvalidClient("client authentication failed")
             return client

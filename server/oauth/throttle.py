@@ -1,12 +1,19 @@
 """Brute-force throttling of the password grant and of client authentication.
 
-Failed attempts are counted per (username, address), per (client, address) and per address, in
-PostgreSQL so every instance shares them, in a fixed window of 15 minutes that starts with the
-first failure. Past the limit the answer is 429 with ``Retry-After`` until the window ends.
+Failed attempts are counted per (username, address) and per (client, address), in PostgreSQL so
+every instance shares them, in a fixed window of 15 minutes that starts with the first failure.
+Past the limit the answer is 429 with ``Retry-After`` until the window ends.
 
-Why per address: an attacker on another address can never lock the victim out, which a counter
-per username alone would let anyone do. The per-address cap (across all usernames and clients)
-stops one address from spraying a common password over many accounts.
+Nobody can lock out anybody else. Per address: an attacker on another address can never lock the
+victim out, which a counter per username alone would let anyone do. Per username or client:
+failures for one name never refuse another name's right password or secret, also when both come
+from one address (a NAT, a proxy, a service retrying a stale secret beside its neighbours).
+
+The cap per address across all usernames and clients (``max_failures_per_address``) is an
+operator's opt-in, off (0) by default. It slows one address spraying a common password over many
+accounts, at a price: once an address has that many failures, every user and client behind it is
+refused, right password or not, until the window ends, so anyone sharing the address (or able to
+send from it) can lock all the others out. Turn it on only where one address is one person.
 
 An attempt is charged *before* argon2 runs (``reserve``), in one statement, so a burst of
 concurrent guesses cannot all pass a check made before any of them failed; a throttled attempt
@@ -32,6 +39,7 @@ from tessera.server.ops import events
 from tessera.server.store.caches import RecentFailures
 from tessera.server.oauth.errors import TemporarilyUnavailable, TooManyAttempts
 from tessera.server.store.login_failures import Counter, FailureCount, LoginFailureStore
+from tessera.server.store.users import canonical_username
 
 T = TypeVar("T")
 
@@ -103,6 +111,9 @@ class LoginThrottle:
         return known
 
     def _new_attempt(self, kind: str, subject: str, remote: str | None) -> Attempt:
+        if kind == "user":
+            # One user, one counter: the same name in NFC and NFD is not twice the guesses.
+            subject = canonical_username(subject)
         where = address_key(remote)
         address = self._counter("address", "", where, self._per_address) if self._per_address else None
         return Attempt(self._counter(kind, subject, where, self._max_failures), address)

@@ -4,10 +4,12 @@ The common token request (a client presenting a secret it presented a moment ago
 things from the database: the client's row and whether its (client, address) pair is throttled.
 Both are held here, per process, so that request touches no connection at all:
 
-- ``ClientCache``: client rows by id. The ``clients`` table notifies ``CLIENTS_CHANNEL`` in the
-  transaction of every change (migration 0006), and every instance drops the row when the
-  notification arrives: milliseconds after the commit. A row also expires after
-  ``CLIENT_CACHE_TTL`` seconds, the bound if a notification were ever lost.
+- ``ClientCache``: client rows by id. It answers from memory only a caller that presents the
+  client's secret, never a client id alone: a known id answered from memory and an unknown one
+  read from the database would tell by their timing which ids exist. The ``clients`` table
+  notifies ``CLIENTS_CHANNEL`` in the transaction of every change (migration 0006), and every
+  instance drops the row when the notification arrives: milliseconds after the commit. A row
+  also expires after ``CLIENT_CACHE_TTL`` seconds, the bound if a notification were ever lost.
 - ``RecentFailures``: the failed-login counters that hold failures, each until its window ends.
   ``login_failures`` notifies ``FAILURES_CHANNEL`` whenever a counter is charged. An
   authentication whose counter is marked reads it from the database, exactly as before the
@@ -21,7 +23,7 @@ back, the failures from the table itself, so nothing that happened while nobody 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import asyncpg
 
@@ -64,16 +66,6 @@ class ClientCache:
             if len(self._entries) >= MAX_CLIENTS:
                 self._entries.clear()
             self._entries[client.client_id] = (client, self._clock() + self._ttl)
-
-    async def load(self, client_id: str, read: Callable[[str], Awaitable[Client | None]]) -> Client | None:
-        """The row from memory, or as ``read`` gives it (then remembered)."""
-        client = self.get(client_id)
-        if client is None:
-            generation = self._generation
-            client = await read(client_id)
-            if client is not None:
-                self.put(client, generation)
-        return client
 
     def invalidate(self, client_id: str | None = None) -> None:
         """Forget one client, or (``None``) all of them."""

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import importlib.resources
 import logging
+import math
 import os
 import re
 import secrets
 import base64
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -119,6 +122,127 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     """
 
 
+# --- a request's deadline, in the database's clock -----------------------------------------------
+#
+# The server answers a request 503 when its time is up (tessera.server.http.limits), but a statement
+# it sent may still be queued at a frozen backend or waiting for a lock, and would commit after the
+# answer has gone. So every write a request makes carries the moment from which the server may have
+# given up on it, as a moment of the DATABASE's clock, and the statement refuses to finish past it
+# (``tessera_before_deadline``, migration 0010): the transaction rolls back instead of committing.
+
+
+class GivesUp(Protocol):
+    """When the server stops waiting for a request and answers it 503 (``limits.Deadline``):
+    ``when`` in the event loop's clock, None while no clock runs."""
+
+    when: float | None
+
+
+# The request being handled, set by tessera.server.http.limits.with_deadline; None outside a request
+# (the CLI, background tasks), whose statements carry no deadline.
+REQUEST_GIVES_UP: contextvars.ContextVar[GivesUp | None] = contextvars.ContextVar("tessera_request_gives_up", default=None)
+
+# How long before the server's moment the database refuses to commit: room for the commit to reach
+# the disk and its answer to reach the server, and for the two clocks to drift apart between
+# measurements. It equals how much longer the client side waits than the statement timeout
+# (``create_pool``), so a statement sent at once is refused no earlier than PostgreSQL's own
+# statement timeout would cancel it.
+DEADLINE_MARGIN_SECONDS = 1.0
+# A connection's clock is measured when it opens, and again after this long (drift, a stepped clock);
+CLOCK_RESYNC_SECONDS = 60.0
+# sooner (after a second) if its measurement took longer than this: a slow round trip makes every
+# deadline early by as much, which is safe but may refuse work that was in time.
+CLOCK_ROUND_TRIP_SECONDS = 0.1
+
+
+def request_gives_up() -> float | None:
+    """When the server gives up on the request being handled (event-loop time), or None."""
+    deadline = REQUEST_GIVES_UP.get()
+    return deadline.when if deadline is not None else None
+
+
+class DatabaseClock:
+    """How one connection's database clock (``clock_timestamp()``) reads against this process's
+    event-loop clock: the server and PostgreSQL may run on hosts whose clocks disagree by any amount,
+    so a moment of the server's is handed to a statement converted with an offset measured on the
+    connection itself.
+
+    One query measures it: the database read its clock at some moment between sending and
+    receiving, so ``database_now - received`` can only be early. A deadline converted with it
+    comes, by the database's clock, no later than the server's moment.
+    """
+
+    __slots__ = ("_offset", "_measured_at", "_round_trip", "_client_timeout")
+
+    def __init__(self, client_timeout: float) -> None:
+        self._client_timeout = client_timeout  # the pool's command_timeout
+        self._offset = 0.0
+        self._measured_at = -math.inf
+        self._round_trip = math.inf
+
+    async def measure(self, connection: asyncpg.Connection) -> None:
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        database_now = await connection.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+        received = loop.time()
+        self._offset, self._measured_at, self._round_trip = float(database_now) - received, received, received - sent
+
+    def stale(self, now: float) -> bool:
+        age = now - self._measured_at
+        return age > CLOCK_RESYNC_SECONDS or (self._round_trip > CLOCK_ROUND_TRIP_SECONDS and age > 1.0)
+
+    def deadline(self, gives_up: float | None, now: float) -> datetime | None:
+        """The deadline, in the database's clock, of a statement sent ``now`` for a request whose
+        server gives up at ``gives_up`` (None: no request waits, no deadline)."""
+        if gives_up is None:
+            return None
+        # The client side also stops waiting for the statement after the pool's command timeout.
+        give_up = min(gives_up, now + self._client_timeout)
+        return datetime.fromtimestamp(give_up + self._offset - DEADLINE_MARGIN_SECONDS, UTC)
+
+
+class ClockedConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg ships no type hints
+    """A pooled connection with its ``DatabaseClock``, set when it opens (``create_pool``)."""
+
+    __slots__ = ("database_clock",)
+
+
+def _clock_starter(client_timeout: float) -> Callable[[asyncpg.Connection], Awaitable[None]]:
+    async def start_clock(connection: asyncpg.Connection) -> None:
+        clock = DatabaseClock(client_timeout)
+        await clock.measure(connection)
+        connection.database_clock = clock
+
+    return start_clock
+
+
+async def statement_deadlines(connection: asyncpg.Connection, gives_up: Sequence[float | None]) -> list[datetime | None]:
+    """The deadlines of statements (or rows of one) about to be sent on ``connection`` for requests
+    that give up at ``gives_up``, for ``tessera_before_deadline``. No extra round trip, except
+    the clock's own measurement once a minute per connection. All None on a connection that has no
+    clock (not from ``create_pool``: the CLI's, a test's)."""
+    clock: DatabaseClock | None = getattr(connection, "database_clock", None)
+    if clock is None or all(moment is None for moment in gives_up):
+        return [None] * len(gives_up)
+    loop = asyncio.get_running_loop()
+    if clock.stale(loop.time()):
+        await clock.measure(connection)
+    now = loop.time()
+    return [clock.deadline(moment, now) for moment in gives_up]
+
+
+async def fetchval_before_deadline(db: asyncpg.Pool | asyncpg.Connection, sql: str, *args: object) -> Any:
+    """One write a request makes, with the request's deadline as the statement's last parameter (in
+    the clock of the connection that sends it; None outside a request), for ``tessera_before_deadline``."""
+    gives_up = request_gives_up()
+    if gives_up is None or not isinstance(db, asyncpg.Pool):
+        (deadline,) = await statement_deadlines(db, [gives_up])
+        return await db.fetchval(sql, *args, deadline)
+    async with db.acquire() as connection:
+        (deadline,) = await statement_deadlines(connection, [gives_up])
+        return await connection.fetchval(sql, *args, deadline)
+
+
 class PoolObserver(Protocol):
     def pool_opened(self, max_size: int) -> None: ...
 
@@ -203,6 +327,9 @@ async def create_pool(
 ) -> asyncpg.Pool:
     """A pool on ``dsn`` as given: asyncpg reads several hosts, ``sslmode``, ``sslrootcert`` and
     ``target_session_attrs`` from it, as libpq does."""
+    # Bounds every query client-side too, so a database that accepts connections but never answers
+    # cannot hang a request past the statement timeout.
+    command_timeout = statement_timeout + 1.0
     pool = MeteredPool(
         dsn,
         observer=observer,
@@ -212,14 +339,13 @@ async def create_pool(
         max_queries=50_000,
         max_inactive_connection_lifetime=300.0,
         setup=None,
-        init=None,
+        # Each connection learns how its database's clock reads against ours (request deadlines).
+        init=_clock_starter(command_timeout),
         loop=None,
-        connection_class=asyncpg.Connection,
+        connection_class=ClockedConnection,
         record_class=asyncpg.Record,
         reset=_keep_session,
-        # Bounds every query client-side too, so a database that accepts connections but never
-        # answers cannot hang a request past the statement timeout.
-        command_timeout=statement_timeout + 1.0,
+        command_timeout=command_timeout,
         timeout=min(statement_timeout, 10.0),
         server_settings={
             "application_name": "tessera",
@@ -319,4 +445,7 @@ async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await connection.close()
 
 
-__all__ = ["Database", "close_pool", "connect", "create_pool", "create_pool_when_reachable", "migrate", "open_database"]
+__all__ = [
+    "REQUEST_GIVES_UP", "Database", "DatabaseClock", "close_pool", "connect", "create_pool", "create_pool_when_reachable",
+    "migrate", "open_database", "request_gives_up", "statement_deadlines",
+]

@@ -8,6 +8,11 @@ together share one such statement and its commit (``tessera.server.store.rotatio
 Which token may rotate is decided in one place, the SQL functions of migration 0009: the rotation
 uses them, and so does ``get``, which says of a family whether it is live and whether a request's
 scope and audience fit it, so a refusal is explained by the same rule that made it.
+
+Every write a request makes here (a family made at login, a rotation, a revocation) carries the
+request's deadline (``tessera.server.store.db.statement_deadlines``, migration 0010): it refuses to
+commit once the server may have answered the request, so an error answer never turns into a
+change afterwards.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from datetime import datetime
 
 import asyncpg
 
+from tessera.server.store.db import fetchval_before_deadline, request_gives_up, statement_deadlines
 from tessera.server.store.rotation_batch import (
     WAITING_ROTATE_SQL,
     PendingRotation,
@@ -63,6 +69,45 @@ def _family(row: asyncpg.Record) -> Family:
     return Family(**{**dict(row), "scopes": tuple(row["scopes"]), "current_hash": bytes(row["current_hash"])})
 
 
+# A login's family, made only if, when the row is written, the user is still enabled and still has
+# the password that was checked, and the client still exists with the secret that was checked: a
+# disable, a new password or secret, or a deletion that commits while the sign-in is in flight
+# stops it (CONTRACT.md, "Robustness", accounts). A credential's version is when it was last set
+# (``password_changed_at``, ``secret_changed_at``): a rehash of the same password or secret to new
+# argon2 parameters keeps it. FOR SHARE makes such a change and this statement wait for each other:
+# the change either commits first and is seen here, or comes after this family exists, and a
+# disable or password change then revokes it with the user's other families.
+_CREATE_SQL = (
+    "WITH created AS ("
+    " INSERT INTO refresh_families (family_id, client_id, user_id, scopes, audience, auth_time, created_at,"
+    "  expires_at, generation, current_hash, last_rotated_at, idle_expires_at)"
+    " SELECT $1, c.client_id, u.user_id, $4, $5, $6, $7, $8, 0, $9, $7, $10"
+    "  FROM users AS u, clients AS c"
+    "  WHERE u.user_id = $3 AND NOT u.disabled AND u.password_changed_at = $11"
+    "   AND c.client_id = $2 AND c.secret_changed_at IS NOT DISTINCT FROM $12"
+    "  FOR SHARE OF u, c"
+    " RETURNING 1)"
+    " SELECT tessera_before_deadline($13) FROM created"
+)
+
+_REVOKE_SQL = (
+    "WITH revoked AS ("
+    " UPDATE refresh_families SET revoked_at = $3, revoked_reason = $2"
+    "  WHERE family_id = $1 AND revoked_at IS NULL RETURNING 1)"
+    " SELECT tessera_before_deadline($4) FROM revoked"
+)
+
+# Revoke the family and record the security event, in one statement (so both or neither).
+_REVOKE_FOR_THEFT_SQL = (
+    "WITH revoked AS ("
+    "  UPDATE refresh_families SET revoked_at = $3, revoked_reason = $2"
+    "   WHERE family_id = $1 AND revoked_at IS NULL RETURNING family_id, client_id, user_id),"
+    " recorded AS ("
+    "  INSERT INTO security_events (kind, family_id, client_id, presented_by, user_id, remote, occurred_at)"
+    "  SELECT $2, family_id, client_id, $4, user_id, $5, $3 FROM revoked RETURNING 1)"
+    " SELECT tessera_before_deadline($6) FROM recorded"
+)
+
 # A family as the rotation rule sees it at $2, for a request asking scope $3 and audience $4.
 _GET_SQL = (
     f"SELECT {_COLUMNS},"
@@ -97,27 +142,29 @@ class FamilyStore:
         expires_at: datetime,
         idle_expires_at: datetime,
         current_hash: bytes,
+        password_changed_at: datetime,
+        secret_changed_at: datetime | None,
     ) -> bool:
-        """Start a family at generation 0; False if its client or user is gone."""
-        try:
-            await self._db.execute(
-                "INSERT INTO refresh_families (family_id, client_id, user_id, scopes, audience, auth_time,"
-                " created_at, expires_at, generation, current_hash, last_rotated_at, idle_expires_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $7, $10)",
-                family_id,
-                client_id,
-                user_id,
-                list(scopes),
-                audience,
-                auth_time,
-                now,
-                expires_at,
-                current_hash,
-                idle_expires_at,
-            )
-        except asyncpg.ForeignKeyViolationError:
-            return False
-        return True
+        """Start a family at generation 0 for a sign-in that checked the user's password as last set
+        at ``password_changed_at`` and the client's secret as last set at ``secret_changed_at``.
+        False (nothing written) if, by now, the user is disabled, deleted or has another password,
+        or the client is deleted or has another secret."""
+        created = await self._write(
+            _CREATE_SQL,
+            family_id,
+            client_id,
+            user_id,
+            list(scopes),
+            audience,
+            auth_time,
+            now,
+            expires_at,
+            current_hash,
+            idle_expires_at,
+            password_changed_at,
+            secret_changed_at,
+        )
+        return created is True
 
     async def rotate(
         self,
@@ -135,12 +182,13 @@ class FamilyStore:
         """The rotation, or None if the presented token may not be rotated (say why with ``get``)."""
         rotation = PendingRotation(
             family_id, generation, current_hash, client_id, successor_hash, now, idle_expires_at,
-            scope_parameter(scopes), audience,
+            scope_parameter(scopes), audience, request_gives_up(),
         )
         if self._rotations is not None:
             row = await self._rotations.rotate(rotation)
         else:
-            row = await self._db.fetchrow(WAITING_ROTATE_SQL, *rotation_args([rotation]))
+            deadlines = await statement_deadlines(self._db, [rotation.gives_up])
+            row = await self._db.fetchrow(WAITING_ROTATE_SQL, *rotation_args([rotation]), deadlines)
         if row is None:
             return None
         # Only what the rotation did not set itself comes back: decoding is a good part of its cost.
@@ -178,32 +226,16 @@ class FamilyStore:
 
     async def revoke(self, family_id: uuid.UUID, reason: str, now: datetime) -> bool:
         """Revoke one family (all its tokens, the newest included); False if it already was."""
-        revoked = await self._db.fetchval(
-            "UPDATE refresh_families SET revoked_at = $3, revoked_reason = $2"
-            " WHERE family_id = $1 AND revoked_at IS NULL RETURNING true",
-            family_id,
-            reason,
-            now,
-        )
-        return revoked is True
+        return await self._write(_REVOKE_SQL, family_id, reason, now) is True
 
     async def revoke_for_theft(
         self, family_id: uuid.UUID, *, kind: str, presented_by: str, remote: str | None, now: datetime
     ) -> bool:
         """Revoke the family and record the security event, in one statement (so both or neither)."""
-        recorded = await self._db.fetchval(
-            "WITH revoked AS ("
-            "  UPDATE refresh_families SET revoked_at = $3, revoked_reason = $2"
-            "   WHERE family_id = $1 AND revoked_at IS NULL RETURNING family_id, client_id, user_id)"
-            " INSERT INTO security_events (kind, family_id, client_id, presented_by, user_id, remote, occurred_at)"
-            " SELECT $2, family_id, client_id, $4, user_id, $5, $3 FROM revoked RETURNING true",
-            family_id,
-            kind,
-            now,
-            presented_by,
-            remote,
-        )
-        return recorded is True
+        return await self._write(_REVOKE_FOR_THEFT_SQL, family_id, kind, now, presented_by, remote) is True
+
+    async def _write(self, sql: str, *args: object) -> object:
+        return await fetchval_before_deadline(self._db, sql, *args)
 
     async def revoke_user_families(self, user_id: uuid.UUID, reason: str) -> int:
         """Revoke every live family of a user (run it in the transaction that changes the user)."""

@@ -14,6 +14,12 @@ finds the family rotated and is answered as a retry or as reuse, like any loser 
 A row must not hold up the rest of its batch: if one of its families is locked by another
 transaction for longer than the function's ``lock_timeout`` (100 ms), the batch is retried row by
 row, and only that row waits. A deadlock between two instances' batches ends the same way.
+
+Every row carries its request's deadline (``tessera.server.store.db.statement_deadlines``): the
+statement refuses to commit once the server may have answered any of its rows' requests, so a
+rotation left at a frozen or slow database never commits after its request was answered 503. A
+batch refused that way is also retried row by row, without the rows whose requests are gone, so a
+late row refuses only itself.
 """
 
 from __future__ import annotations
@@ -28,11 +34,15 @@ from typing import Any
 import asyncpg
 
 from tessera.server.ops import events
+from tessera.server.store.db import statement_deadlines
 
-# Both functions are made by migration 0009 (server/store/migrations/0009_one_rotation_rule.sql):
-# the batch gives up past its lock_timeout, the waiting one waits for its row's lock.
-BATCH_ROTATE_SQL = "SELECT * FROM tessera_rotate_families($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-WAITING_ROTATE_SQL = "SELECT * FROM tessera_rotate_families_waiting($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+# The rotations of migration 0009 (server/store/migrations/0009_one_rotation_rule.sql), with each
+# row's deadline (migration 0010): the batch gives up past its lock_timeout, the waiting one waits
+# for its row's lock.
+BATCH_ROTATE_SQL = "SELECT * FROM tessera_rotate_families_before($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+WAITING_ROTATE_SQL = "SELECT * FROM tessera_rotate_families_waiting_before($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+# What the database names a statement refused because its request's server may have given up.
+DEADLINE_CONSTRAINT = "tessera_request_deadline"
 
 # Rows per statement. At 64 concurrent rotations a batch rarely reaches this; it bounds the work
 # (and the locks) of one statement.
@@ -55,6 +65,7 @@ class PendingRotation:
     idle_expires_at: datetime
     scope: str | None  # as the ``scope`` parameter is written (scope_parameter); None: the family's
     audience: str | None
+    gives_up: float | None = None  # when its request is answered 503 (event-loop time); None: no request
     done: asyncio.Future[asyncpg.Record | None] = field(init=False)  # set by ``rotate``
 
 
@@ -121,22 +132,28 @@ class RotationBatcher:
         events.rotations_sent(len(batch))
         try:
             if len(batch) == 1:
-                rows = {batch[0].family_id: await self._pool.fetchrow(WAITING_ROTATE_SQL, *rotation_args(batch))}
+                rows = {batch[0].family_id: await self._run(WAITING_ROTATE_SQL, batch, one=True)}
             else:
-                rows = {row["family_id"]: row for row in await self._pool.fetch(BATCH_ROTATE_SQL, *rotation_args(batch))}
+                rows = {row["family_id"]: row for row in await self._run(BATCH_ROTATE_SQL, batch)}
         except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
             # A row of the batch met a lock (another transaction is rotating or revoking that
             # family) and the function gave up waiting: nothing of the batch was kept. Each row on
             # its own waits only for its own lock, as a rotation always did.
             await asyncio.gather(*(self._one(rotation) for rotation in batch))
             return
+        except asyncpg.QueryCanceledError as exc:
+            if len(batch) == 1 or exc.constraint_name != DEADLINE_CONSTRAINT:
+                self._fail(batch, exc)
+                return
+            # A row's request may have been answered already: nothing of the batch was kept. Each
+            # row on its own is refused only if it is late itself.
+            await asyncio.gather(*(self._one(rotation) for rotation in batch))
+            return
         except Exception as exc:
             # The database is unreachable, the statement timed out, ...: every request of the batch
             # gets the error (a 503), as each would have alone. If the connection was lost after a
             # commit, a client's retry within the grace gets the successor it missed.
-            for rotation in batch:
-                if not rotation.done.done():
-                    rotation.done.set_exception(exc)
+            self._fail(batch, exc)
             return
         except BaseException:
             for rotation in batch:
@@ -146,9 +163,26 @@ class RotationBatcher:
             if not rotation.done.done():
                 rotation.done.set_result(rows.get(rotation.family_id))
 
+    async def _run(self, sql: str, batch: list[PendingRotation], *, one: bool = False) -> Any:
+        """``sql`` on the rows of ``batch``, each with its request's deadline in the clock of the
+        connection that sends it."""
+        async with self._pool.acquire() as connection:
+            deadlines = await statement_deadlines(connection, [rotation.gives_up for rotation in batch])
+            if one:
+                return await connection.fetchrow(sql, *rotation_args(batch), deadlines)
+            return await connection.fetch(sql, *rotation_args(batch), deadlines)
+
+    @staticmethod
+    def _fail(batch: list[PendingRotation], exc: Exception) -> None:
+        for rotation in batch:
+            if not rotation.done.done():
+                rotation.done.set_exception(exc)
+
     async def _one(self, rotation: PendingRotation) -> None:
+        if rotation.done.done():
+            return  # its request is gone (client or deadline); rotating it would help no one
         try:
-            row = await self._pool.fetchrow(WAITING_ROTATE_SQL, *rotation_args([rotation]))
+            row = await self._run(WAITING_ROTATE_SQL, [rotation], one=True)
         except Exception as exc:
             if not rotation.done.done():
                 rotation.done.set_exception(exc)
@@ -164,6 +198,7 @@ def scope_parameter(scopes: Sequence[str] | None) -> str | None:
 
 
 def rotation_args(batch: list[PendingRotation]) -> tuple[list[Any], ...]:
+    """The rotation functions' parameters but the last, the rows' deadlines (``statement_deadlines``)."""
     return (
         [r.family_id for r in batch],
         [r.generation for r in batch],
@@ -177,4 +212,7 @@ def rotation_args(batch: list[PendingRotation]) -> tuple[list[Any], ...]:
     )
 
 
-__all__ = ["BATCH_ROTATE_SQL", "WAITING_ROTATE_SQL", "PendingRotation", "RotationBatcher", "rotation_args", "scope_parameter"]
+__all__ = [
+    "BATCH_ROTATE_SQL", "DEADLINE_CONSTRAINT", "WAITING_ROTATE_SQL", "PendingRotation", "RotationBatcher", "rotation_args",
+    "scope_parameter",
+]
