@@ -45,7 +45,7 @@ def der_to_jose(der: bytes, size: int) -> bytes:
 
 
 class Signer:
-    """Signs RFC 9068 access tokens with one private key."""
+    """Signs RFC 9068 access tokens (and OpenID Connect ID tokens) with one private key."""
 
     def __init__(self, alg: str, kid: str, private_key: Any) -> None:
         self.alg = alg
@@ -53,6 +53,8 @@ class Signer:
         # RFC 9068 section 2.1: typ "at+jwt" so that an access token cannot pass for an ID token.
         header = {"alg": alg, "kid": kid, "typ": "at+jwt"}
         self._header_b64 = b64url(_dumps(header)) + b"."
+        # OpenID Connect ID tokens: typ "JWT" (RFC 7519 section 5.1), so neither passes for the other.
+        self._id_header_b64 = b64url(_dumps({"alg": alg, "kid": kid, "typ": "JWT"})) + b"."
         self._sign = self._primitive(alg, private_key)
         # RSA takes milliseconds per signature: the caller runs it off the event loop.
         self.blocking = alg in ("RS256", "PS256")
@@ -83,4 +85,8 @@ class Signer:
 
     def sign(self, claims: dict[str, Any]) -> str:
         signing_input = self._header_b64 + b64url(_dumps(claims))
+        return (signing_input + b"." + b64url(self._sign(signing_input))).decode("ascii")
+
+    def sign_id_token(self, claims: dict[str, Any]) -> str:
+        signing_input = self._id_header_b64 + b64url(_dumps(claims))
         return (signing_input + b"." + b64url(self._sign(signing_input))).decode("ascii")

@@ -28,6 +28,11 @@ from tessera.server.http.answering import hide_server_version
 from tessera.server.oauth.passwords import SecretHasher
 from tessera.server.oauth.revocation import Revocation, endpoint_metadata
 from tessera.server.services import SERVICES, Services
+from tessera.server.http.pages import Pages, PageSettings, Seal
+from tessera.server.oauth.password_check import PasswordCheck
+from tessera.server.oauth.sign_in import SignIn, sign_in_metadata
+from tessera.server.oauth.userinfo import UserInfo
+from tessera.server.store.sign_in import SignInStore
 from tessera.server.tasks.janitor import Janitor
 from tessera.server.tasks.listener import ChangeListener
 from tessera.server.settings import Settings
@@ -124,10 +129,23 @@ async def open_services(
                 reuse_grace=settings.refresh_reuse_grace,
                 clock=clock,
             )
-            grants = build_grants(
-                tokens=tokens, families=families, users=users, hasher=hasher, throttle=throttle, clock=clock
-            )
+            codes = SignInStore(pool)
+            passwords = PasswordCheck(users, hasher, throttle)
+            grants = build_grants(tokens=tokens, families=families, passwords=passwords, codes=codes, clock=clock)
             reader = AccessTokenReader(keyring, issuer=settings.issuer, clock=clock)
+            sign_in = SignIn(
+                codes, clients, passwords, keyring, issuer=settings.issuer,
+                code_ttl=settings.authorization_code_ttl, session_ttl=settings.login_session_ttl, clock=clock,
+            )
+            pages = Pages(
+                sign_in,
+                Seal(await server_secret(pool, database.keks, "sign-in-pages"), clock),
+                PageSettings(
+                    issuer=settings.issuer, max_body_bytes=settings.max_body_bytes,
+                    trusted_proxies=settings.trusted_proxies, session_ttl=settings.login_session_ttl,
+                    templates_dir=settings.templates_dir,
+                ),
+            )
             janitor = Janitor(pool, clock)
             services = Services(
                 settings=settings,
@@ -139,7 +157,11 @@ async def open_services(
                 grants=grants,
                 revocation=Revocation(families, reader),
                 introspection=Introspection(families, reader),
-                metadata_body=metadata_document(settings.issuer, sorted(grants), endpoint_metadata(settings.issuer)),
+                pages=pages,
+                userinfo=UserInfo(reader, families, users),
+                metadata_body=metadata_document(
+                    settings.issuer, sorted(grants), {**endpoint_metadata(settings.issuer), **sign_in_metadata(settings)}
+                ),
             )
             log.info("ready", extra={"issuer": settings.issuer, "kid": keyring.snapshot.signer.kid})
             janitor.start()

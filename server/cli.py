@@ -30,17 +30,22 @@ from tessera.server.ops import events
 from tessera.server.tasks.janitor import collect_garbage
 from tessera.server.tasks.key_scheduler import key_lifecycle, key_policy
 from tessera.server.oauth.passwords import SecretHasher
+from tessera.server.oauth.authorization import registered_redirect_uri_problem
 from tessera.server.settings import Settings, SettingsError, load_settings
 from tessera.server.store import ClientStore, PgKeyStore, UserStore
 from tessera.server.store.clients import ClientExists
 from tessera.server.store.families import FamilyStore
 from tessera.server.store.keys import RewrapError
-from tessera.server.store.users import UserExists
+from tessera.server.store.users import InvalidUsername, UserExists, canonical_username, check_new_username
 
-GRANT_TYPES = ("client_credentials", "password", "refresh_token")
+GRANT_TYPES = ("client_credentials", "password", "refresh_token", "authorization_code")
 _SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._~:@-]{1,128}$")
 MIN_SECRET_LENGTH = 16
+# The shortest password `users create` and `users set-password` accept, in characters (NIST SP
+# 800-63B-3 section 5.1.1.2: a chosen memorized secret has at least 8). Only setting a password is
+# held to it: a login with a shorter password set before it still works.
+MIN_PASSWORD_LENGTH = 8
 
 
 class CommandError(Exception):
@@ -108,8 +113,15 @@ def clients_create(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(f"--grant-types: choose from {', '.join(GRANT_TYPES)}")
     if args.public and "client_credentials" in grant_types:
         raise CommandError("a public client cannot use client_credentials (RFC 6749 section 4.4)")
-    if "refresh_token" in grant_types and "password" not in grant_types:
-        raise CommandError("refresh_token needs a grant that issues refresh tokens (password)")
+    if "refresh_token" in grant_types and not {"password", "authorization_code"} & set(grant_types):
+        raise CommandError("refresh_token needs a grant that issues refresh tokens (authorization_code or password)")
+    redirect_uris = _split_list(args.redirect_uris, "--redirect-uris")
+    for uri in redirect_uris:
+        problem = registered_redirect_uri_problem(uri)
+        if problem is not None:
+            raise CommandError(f"--redirect-uris: {uri!r} {problem}")
+    if "authorization_code" in grant_types and not redirect_uris:
+        raise CommandError("--redirect-uris: a client with authorization_code needs at least one")
     scopes = _split_list(args.scopes, "--scopes", _SCOPE)
     audiences = _split_list(args.audiences, "--audiences")
     if not audiences:
@@ -126,7 +138,8 @@ def clients_create(args: argparse.Namespace, settings: Settings) -> int:
     async def action(pool: Any) -> int:
         try:
             client = await ClientStore(pool).create(
-                args.client_id, secret_hash=secret_hash, grant_types=grant_types, scopes=scopes, audiences=audiences
+                args.client_id, secret_hash=secret_hash, grant_types=grant_types, scopes=scopes, audiences=audiences,
+                redirect_uris=redirect_uris, first_party=args.first_party,
             )
         except ClientExists:
             raise CommandError(f"client {args.client_id!r} already exists") from None
@@ -204,16 +217,28 @@ def clients_rotate_secret(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _username(raw: str) -> str:
+    """A user named on the command line, in the form it is stored (tessera.server.store.users)."""
     if not raw or len(raw) > 256 or any(ch < " " or ch == "\x7f" for ch in raw):
         raise CommandError("USERNAME: 1-256 printable characters")
-    return raw
+    return canonical_username(raw)
+
+
+def _new_password(settings: Settings) -> str:
+    """The password on standard input, hashed; refused if shorter than ``MIN_PASSWORD_LENGTH``."""
+    password = _read_stdin_secret("password")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise CommandError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters long")
+    return SecretHasher(settings.argon2).hash_sync(password)
 
 
 def users_create(args: argparse.Namespace, settings: Settings) -> int:
-    username = _username(args.username)
+    try:
+        username = check_new_username(args.username)
+    except InvalidUsername as exc:
+        raise CommandError(f"USERNAME: {exc}") from None
     if not args.password_stdin:
         raise CommandError("give the password on standard input with --password-stdin")
-    password_hash = SecretHasher(settings.argon2).hash_sync(_read_stdin_secret("password"))
+    password_hash = _new_password(settings)
 
     async def action(pool: Any) -> int:
         try:
@@ -244,7 +269,7 @@ def users_set_password(args: argparse.Namespace, settings: Settings) -> int:
     username = _username(args.username)
     if not args.password_stdin:
         raise CommandError("give the password on standard input with --password-stdin")
-    password_hash = SecretHasher(settings.argon2).hash_sync(_read_stdin_secret("password"))
+    password_hash = _new_password(settings)
 
     async def action(pool: Any) -> int:
         user = await UserStore(pool).set_password(username, password_hash)
@@ -509,6 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--scopes", default="", help="space-separated scopes the client may request")
     create.add_argument("--audiences", required=True, help="space-separated audiences; the first is the default")
     create.add_argument("--public", action="store_true", help="a public client: no secret")
+    create.add_argument(
+        "--redirect-uris", default="", help="space-separated redirect URIs, compared exactly (authorization_code)"
+    )
+    create.add_argument("--first-party", action="store_true", help="the operator's own app: no consent page")
     create.add_argument("--secret-stdin", action="store_true", help="read the secret from standard input")
     command(clients, "list", clients_list, "list clients")
     show = command(clients, "show", clients_show, "show one client")

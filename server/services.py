@@ -9,10 +9,12 @@ import asyncpg
 from aiohttp import web
 
 from tessera.keys.keyring import Keyring
+from tessera.server.http.pages import Pages
 from tessera.server.oauth.client_auth import ClientAuthenticator
 from tessera.server.oauth.grants import Grant
 from tessera.server.oauth.introspection import Introspection
 from tessera.server.oauth.revocation import Revocation
+from tessera.server.oauth.userinfo import UserInfo
 from tessera.server.settings import Settings
 
 
@@ -25,6 +27,8 @@ class Services:
     grants: dict[str, Grant]
     revocation: Revocation
     introspection: Introspection
+    pages: Pages  # /authorize, /login, /consent, /logout
+    userinfo: UserInfo
     metadata_body: bytes
     shutting_down: bool = False
 

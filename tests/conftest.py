@@ -147,6 +147,8 @@ class Admin:
         grant_types: tuple[str, ...] = ("client_credentials",),
         scopes: tuple[str, ...] = ("read", "write"),
         audiences: tuple[str, ...] = ("https://orders.example", "https://billing.example"),
+        redirect_uris: tuple[str, ...] = (),
+        first_party: bool = False,
     ) -> Client:
         secret_hash = await self.hasher.hash(secret) if secret is not None else None
         return await ClientStore(self.pool).create(
@@ -155,6 +157,8 @@ class Admin:
             grant_types=list(grant_types),
             scopes=list(scopes),
             audiences=list(audiences),
+            redirect_uris=list(redirect_uris),
+            first_party=first_party,
         )
 
     async def user(self, username: str = "alice", password: str = PASSWORD) -> User:

@@ -43,7 +43,7 @@ async def test_tokens_asked_for_together_are_signed_after_every_caller_has_asked
 
     async def issue(n: int) -> str:
         events.append(f"asked {n}")
-        return await batch.sign(signer, {"sub": str(n), "jti": f"jti-{n}"})
+        return await batch.sign(signer.sign, {"sub": str(n), "jti": f"jti-{n}"})
 
     tokens = await asyncio.gather(*(issue(n) for n in range(20)))
 
@@ -60,8 +60,8 @@ async def test_a_request_cancelled_while_it_waits_is_not_signed():
     events: list[str] = []
     signer = RecordingSigner(events)
     batch = SignatureBatch()
-    kept = asyncio.ensure_future(batch.sign(signer, {"sub": "kept"}))
-    gone = batch.sign(signer, {"sub": "gone"})
+    kept = asyncio.ensure_future(batch.sign(signer.sign, {"sub": "kept"}))
+    gone = batch.sign(signer.sign, {"sub": "gone"})
     gone.cancel()
 
     token = await kept
@@ -75,7 +75,7 @@ async def test_a_failing_signature_fails_only_its_own_request():
     batch = SignatureBatch()
 
     results = await asyncio.gather(
-        batch.sign(signer, {"sub": "a"}), batch.sign(signer, {"sub": "bad"}), batch.sign(signer, {"sub": "b"}),
+        batch.sign(signer.sign, {"sub": "a"}), batch.sign(signer.sign, {"sub": "bad"}), batch.sign(signer.sign, {"sub": "b"}),
         return_exceptions=True,
     )
 
@@ -89,8 +89,8 @@ async def test_requests_in_later_turns_get_batches_of_their_own():
     events: list[str] = []
     signer = RecordingSigner(events)
     batch = SignatureBatch()
-    first = await batch.sign(signer, {"sub": "one"})
-    second = await batch.sign(signer, {"sub": "two"})
+    first = await batch.sign(signer.sign, {"sub": "one"})
+    second = await batch.sign(signer.sign, {"sub": "two"})
     assert events == ["signed one", "signed two"]
     assert jwt.decode(first, signer.public, algorithms=["ES256"]).claims == {"sub": "one"}
     assert jwt.decode(second, signer.public, algorithms=["ES256"]).claims == {"sub": "two"}
@@ -102,5 +102,5 @@ async def test_tokens_from_a_batch_verify_for_each_algorithm_signed_on_the_loop(
     signer = material.signer_from_private_jwk(alg, made.kid, made.private_jwk_json)
     public = KeySet.import_key_set({"keys": [made.public_jwk]})
     batch = SignatureBatch()
-    tokens = await asyncio.gather(*(batch.sign(signer, {"sub": f"user-{n}"}) for n in range(5)))
+    tokens = await asyncio.gather(*(batch.sign(signer.sign, {"sub": f"user-{n}"}) for n in range(5)))
     assert [jwt.decode(t, public, algorithms=[alg]).claims["sub"] for t in tokens] == [f"user-{n}" for n in range(5)]

@@ -20,6 +20,7 @@ from tessera.server.ops.metrics import CONTENT_TYPE, METRICS, Metrics
 from tessera.server.http.limits import Handler, client_address, with_deadline
 from tessera.server.http.cors import preflight_answer
 from tessera.server.http.answering import LOG_FIELDS, NO_STORE, answering, json_response
+from tessera.server.oauth.userinfo import BearerError
 from tessera.server.services import SERVICES
 from tessera.server.store import Client
 
@@ -148,8 +149,6 @@ def metadata_document(issuer: str, grant_types: list[str], extra: dict[str, obje
         "jwks_uri": f"{issuer}/.well-known/jwks.json",
         "grant_types_supported": grant_types,
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        # No authorization endpoint: this server issues tokens only through the token endpoint.
-        "response_types_supported": [],
     }
     document.update(extra)
     return json.dumps(document, separators=(",", ":")).encode()
@@ -180,6 +179,40 @@ def _not_routed(endpoints: dict[str, tuple[str, ...]], cors_origins: frozenset[s
     return not_routed
 
 
+async def authorize(request: web.Request) -> web.StreamResponse:
+    pages = request.app[SERVICES].pages
+    return await pages.guarded(pages.authorize)(request)
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    pages = request.app[SERVICES].pages
+    return await pages.guarded(pages.login)(request)
+
+
+async def consent(request: web.Request) -> web.StreamResponse:
+    pages = request.app[SERVICES].pages
+    return await pages.guarded(pages.consent)(request)
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    pages = request.app[SERVICES].pages
+    return await pages.guarded(pages.logout)(request)
+
+
+async def stylesheet(request: web.Request) -> web.StreamResponse:
+    return await request.app[SERVICES].pages.stylesheet(request)
+
+
+async def userinfo(request: web.Request) -> web.StreamResponse:
+    """OpenID Connect Core section 5.3; RFC 6750 errors with WWW-Authenticate."""
+    try:
+        claims = await request.app[SERVICES].userinfo.claims(_authorization(request))
+    except BearerError as exc:
+        body = {"error": exc.error or "invalid_request", "error_description": exc.description}
+        return json_response(body, status=exc.status, headers={"WWW-Authenticate": exc.challenge()})
+    return json_response(claims)
+
+
 def add_routes(app: web.Application, series: Metrics, cors_origins: frozenset[str] = frozenset()) -> None:
     """Each endpoint wrapped by ``answering`` (its answer, request id, log line and metrics), then a
     route on each path for the methods it does not take and a catch-all for every other path, so
@@ -195,6 +228,13 @@ def add_routes(app: web.Application, series: Metrics, cors_origins: frozenset[st
         "/readyz": {"GET": readyz},
         "/metrics": {"GET": metrics},
         "/openapi.json": {"GET": openapi_view(OPENAPI_DOCUMENT.read_bytes())},
+        # Sign-in for people: HTML pages (tessera.server.http.pages), and UserInfo.
+        "/authorize": {"GET": with_deadline(authorize), "POST": with_deadline(authorize)},
+        "/login": {"POST": with_deadline(login)},
+        "/consent": {"POST": with_deadline(consent)},
+        "/logout": {"GET": with_deadline(logout), "POST": with_deadline(logout)},
+        "/userinfo": {"GET": with_deadline(userinfo), "POST": with_deadline(userinfo)},
+        "/static/tessera.css": {"GET": stylesheet},
     }
     # A GET endpoint answers HEAD too, as aiohttp's add_get does.
     endpoints = {path: tuple(sorted({*methods, *(["HEAD"] if "GET" in methods else [])})) for path, methods in routes.items()}
@@ -207,7 +247,8 @@ def add_routes(app: web.Application, series: Metrics, cors_origins: frozenset[st
             if method == "GET":
                 resource.add_route("HEAD", answered)
         resource.add_route("*", not_routed)
-    app.router.add_route("*", "/{tail:.*}", not_routed)
+    # (?s): once decoded, a path may hold any character, a newline (%0A) too, and must still land here.
+    app.router.add_route("*", "/{tail:(?s:.*)}", not_routed)
 
 
 __all__ = ["NO_STORE", "add_routes", "metadata_document"]

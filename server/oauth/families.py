@@ -37,6 +37,7 @@ from tessera.server.ops import events
 from tessera.server.oauth.errors import InvalidGrant, InvalidScope, InvalidTarget
 from tessera.server.store import Client, User
 from tessera.server.store.families import Family, FamilyStore
+from tessera.server.store.sign_in import NewFamily
 from tessera.server.store.secrets import server_secret
 
 PREFIX = "tsr_"
@@ -183,7 +184,10 @@ class RefreshFamilies:
     async def start(
         self, *, client: Client, user: User, scopes: Sequence[str], audience: str, auth_time: int
     ) -> tuple[str, str]:
-        """A new family for a login; returns its first refresh token and the family id (``sid``)."""
+        """A new family for a login; returns its first refresh token and the family id (``sid``).
+
+        ``user`` and ``client`` are the rows the sign-in checked the password and the secret
+        against: the family is made only if both still hold (``FamilyStore.create``)."""
         now = self.now()
         token = self._chain.first(uuid.uuid4())
         created = await self._store.create(
@@ -197,10 +201,26 @@ class RefreshFamilies:
             expires_at=now + self._absolute,
             idle_expires_at=now + self._idle,
             current_hash=token.digest,
+            password_changed_at=user.password_changed_at,
+            secret_changed_at=client.secret_changed_at,
         )
         if not created:
-            raise InvalidGrant("invalid username or password")  # the user was deleted meanwhile
+            # Disabled, deleted or given another password or secret while the sign-in was checked.
+            raise InvalidGrant("invalid username or password")
         return str(token), str(token.family_id)
+
+    def prepare_family(self, now: datetime) -> tuple[str, NewFamily]:
+        """A new family's first refresh token and the row to start it with, for a grant that writes
+        the family in its own statement (the authorization code's redemption)."""
+        token = self._chain.first(uuid.uuid4())
+        return str(token), NewFamily(token.family_id, token.digest, now + self._absolute, now + self._idle)
+
+    async def revoke_for_code_replay(self, family_id: uuid.UUID, presented_by: str, remote: str | None) -> None:
+        """RFC 6749 section 4.1.2: a code presented again revokes what its first redemption issued."""
+        if await self._store.revoke_for_theft(
+            family_id, kind="code_replay", presented_by=presented_by, remote=remote, now=self.now()
+        ):
+            events.families_revoked("code_replay", 1)
 
     async def refresh(self, ask: RefreshRequest) -> Refreshed:
         """RFC 6749 section 6. Rotate, answer a retry, or refuse; refusals spend nothing."""

@@ -1,4 +1,5 @@
-"""Access tokens (RFC 9068): the claim set, signed with the keyring's active key.
+"""Access tokens (RFC 9068) and OpenID Connect ID tokens: the claim sets, signed with the keyring's
+active key.
 
 Signatures asked for during one turn of the event loop are made together at the end of that turn
 (``SignatureBatch``): measured in the server, an ES256 signature made between the parsing and the
@@ -11,6 +12,8 @@ docs/performance.md has the figures.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import secrets
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -18,8 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tessera.keys.keyring import Keyring
-from tessera.keys.signer import Signer
 from tessera.server.ops.end_of_turn import EndOfTurn
+
+
+Sign = Callable[[dict[str, Any]], str]  # a Signer's sign or sign_id_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +81,47 @@ class AccessTokenIssuer:
             # The refresh-token family this token came from, so introspection can see its revocation.
             claims["sid"] = session_id
         signer = self._keyring.snapshot.signer
-        if signer.blocking:
-            token = await asyncio.get_running_loop().run_in_executor(self._executor, signer.sign, claims)
-        else:
-            token = await self._batch.sign(signer, claims)
-        return IssuedAccessToken(token, self._ttl, jti)
+        return IssuedAccessToken(await self._sign(signer.blocking, signer.sign, claims), self._ttl, jti)
+
+    async def issue_id_token(
+        self, *, subject: str, client_id: str, auth_time: int, session_id: str | None, nonce: str | None,
+        access_token: str,
+    ) -> str:
+        """OpenID Connect Core section 2 and 3.1.3.6: who signed in, for the client (``aud``), with
+        ``at_hash`` binding it to the access token issued with it."""
+        now = int(self._clock())
+        signer = self._keyring.snapshot.signer
+        claims: dict[str, Any] = {
+            "iss": self._issuer,
+            "sub": subject,
+            "aud": client_id,
+            "exp": now + self._ttl,
+            "iat": now,
+            "auth_time": auth_time,
+            "at_hash": at_hash(access_token, signer.alg),
+        }
+        if nonce is not None:
+            claims["nonce"] = nonce
+        if session_id is not None:
+            claims["sid"] = session_id
+        return await self._sign(signer.blocking, signer.sign_id_token, claims)
+
+    async def _sign(self, blocking: bool, sign: Callable[[dict[str, Any]], str], claims: dict[str, Any]) -> str:
+        if blocking:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, sign, claims)
+        return await self._batch.sign(sign, claims)
+
+
+# OpenID Connect Core section 3.1.3.6: the hash of the JWS algorithm's own hash function; Ed25519
+# signs with SHA-512 inside, which is what at_hash uses for EdDSA.
+_AT_HASH = {"ES256": hashlib.sha256, "RS256": hashlib.sha256, "PS256": hashlib.sha256,
+            "ES384": hashlib.sha384, "EdDSA": hashlib.sha512}
+
+
+def at_hash(access_token: str, alg: str) -> str:
+    """The left half of the hash of the access token's ASCII, base64url without padding."""
+    digest = _AT_HASH[alg](access_token.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=").decode("ascii")
 
 
 class SignatureBatch:
@@ -93,19 +134,19 @@ class SignatureBatch:
     """
 
     def __init__(self) -> None:
-        self._pending: EndOfTurn[tuple[Signer, dict[str, Any], asyncio.Future[str]]] = EndOfTurn(self._sign_all)
+        self._pending: EndOfTurn[tuple[Sign, dict[str, Any], asyncio.Future[str]]] = EndOfTurn(self._sign_all)
 
-    def sign(self, signer: Signer, claims: dict[str, Any]) -> asyncio.Future[str]:
+    def sign(self, sign: Sign, claims: dict[str, Any]) -> asyncio.Future[str]:
         signed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending.add((signer, claims, signed))
+        self._pending.add((sign, claims, signed))
         return signed
 
     @staticmethod
-    def _sign_all(pending: list[tuple[Signer, dict[str, Any], asyncio.Future[str]]]) -> None:
-        for signer, claims, signed in pending:
+    def _sign_all(pending: list[tuple[Sign, dict[str, Any], asyncio.Future[str]]]) -> None:
+        for sign, claims, signed in pending:
             if signed.cancelled():
                 continue
             try:
-                signed.set_result(signer.sign(claims))
+                signed.set_result(sign(claims))
             except Exception as exc:  # handed to the one request it belongs to
                 signed.set_exception(exc)

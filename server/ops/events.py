@@ -122,3 +122,24 @@ def login_throttled(kind: str, remote: str) -> None:
 def hasher_saturated() -> None:
     """A password or secret check was refused because the argon2 queue was full (503)."""
     log.warning("argon2 queue full; request refused", extra={"event": "hasher_saturated"})
+
+
+def authorization_code_issued(client_id: str) -> None:
+    """A person's sign-in ended in an authorization code for ``client_id``."""
+    log.info("authorization code issued", extra={"event": "authorization_code_issued", "client_id": client_id})
+
+
+def authorization_code_replayed(client_id: str, user_id: str, remote: str | None) -> None:
+    """A redeemed authorization code was presented again: the family it started is revoked."""
+    security_log.warning(
+        "authorization code presented again; its tokens are revoked",
+        extra={"event": "authorization_code_replay", "client_id": client_id, "user_id": user_id, "remote": remote},
+    )
+
+
+def signed_in(user_id: str, remote: str | None) -> None:
+    log.info("signed in", extra={"event": "signed_in", "user_id": user_id, "remote": remote})
+
+
+def signed_out(user_id: str, families_revoked: int) -> None:
+    log.info("signed out", extra={"event": "signed_out", "user_id": user_id, "families_revoked": families_revoked})

@@ -19,6 +19,11 @@ class Client:
     scopes: tuple[str, ...]
     audiences: tuple[str, ...]
     created_at: datetime
+    # When the secret was last set: its version, which a rehash to new argon2 parameters keeps.
+    # A grant makes a family only while it is still the one it checked (FamilyStore.create).
+    secret_changed_at: datetime | None
+    redirect_uris: tuple[str, ...] = ()
+    first_party: bool = False
 
     def as_public_dict(self) -> dict[str, object]:
         """What the CLI shows: never the secret hash."""
@@ -28,11 +33,16 @@ class Client:
             "grant_types": sorted(self.grant_types),
             "scopes": list(self.scopes),
             "audiences": list(self.audiences),
+            "redirect_uris": list(self.redirect_uris),
+            "first_party": self.first_party,
             "created_at": self.created_at.isoformat(),
         }
 
 
-_COLUMNS = "client_id, secret_hash, is_public, grant_types, scopes, audiences, created_at"
+_COLUMNS = (
+    "client_id, secret_hash, is_public, grant_types, scopes, audiences, created_at, secret_changed_at,"
+    " redirect_uris, first_party"
+)
 _PREFIXED = ", ".join(f"c.{column.strip()}" for column in _COLUMNS.split(","))
 
 
@@ -45,6 +55,9 @@ def _client(row: asyncpg.Record) -> Client:
         scopes=tuple(row["scopes"]),
         audiences=tuple(row["audiences"]),
         created_at=row["created_at"],
+        secret_changed_at=row["secret_changed_at"],
+        redirect_uris=tuple(row["redirect_uris"]),
+        first_party=row["first_party"],
     )
 
 
@@ -86,17 +99,22 @@ class ClientStore:
         grant_types: list[str],
         scopes: list[str],
         audiences: list[str],
+        redirect_uris: list[str] | None = None,
+        first_party: bool = False,
     ) -> Client:
         try:
             row = await self._db.fetchrow(
                 f"INSERT INTO clients (client_id, secret_hash, is_public, grant_types, scopes, audiences,"
-                f" secret_changed_at) VALUES ($1, $2, $3, $4, $5, $6, now()) RETURNING {_COLUMNS}",
+                f" secret_changed_at, redirect_uris, first_party) VALUES ($1, $2, $3, $4, $5, $6, now(), $7, $8)"
+                f" RETURNING {_COLUMNS}",
                 client_id,
                 secret_hash,
                 secret_hash is None,
                 grant_types,
                 scopes,
                 audiences,
+                redirect_uris or [],
+                first_party,
             )
         except asyncpg.UniqueViolationError:
             raise ClientExists(client_id) from None
@@ -120,7 +138,8 @@ class ClientStore:
         return updated is True
 
     async def rehash_secret(self, client_id: str, old_hash: str, new_hash: str) -> None:
-        """Upgrade a hash to new parameters, unless the secret changed in the meantime."""
+        """Upgrade a hash to new parameters, unless the secret changed in the meantime. The secret
+        stays the same, and so does ``secret_changed_at``."""
         await self._db.execute(
             "UPDATE clients SET secret_hash = $3 WHERE client_id = $1 AND secret_hash = $2",
             client_id,

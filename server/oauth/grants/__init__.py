@@ -9,28 +9,28 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tessera.server.oauth.families import RefreshFamilies
+from tessera.server.oauth.grants.authorization_code import AuthorizationCodeGrant
 from tessera.server.oauth.grants.base import Grant, TokenRequest
 from tessera.server.oauth.grants.client_credentials import ClientCredentialsGrant
 from tessera.server.oauth.grants.password import PasswordGrant
 from tessera.server.oauth.grants.refresh_token import RefreshTokenGrant
-from tessera.server.oauth.passwords import SecretHasher
-from tessera.server.oauth.throttle import LoginThrottle
+from tessera.server.oauth.password_check import PasswordCheck
 from tessera.server.oauth.tokens import AccessTokenIssuer
-from tessera.server.store import UserStore
+from tessera.server.store.sign_in import SignInStore
 
 
 def build_grants(
     *,
     tokens: AccessTokenIssuer,
     families: RefreshFamilies,
-    users: UserStore,
-    hasher: SecretHasher,
-    throttle: LoginThrottle,
+    passwords: PasswordCheck,
+    codes: SignInStore,
     clock: Callable[[], float],
 ) -> dict[str, Grant]:
     grants: list[Grant] = [
+        AuthorizationCodeGrant(codes, families, tokens, clock),
         ClientCredentialsGrant(tokens),
-        PasswordGrant(users, hasher, throttle, families, tokens, clock),
+        PasswordGrant(passwords, families, tokens, clock),
         RefreshTokenGrant(families, tokens),
     ]
     return {grant.grant_type: grant for grant in grants}

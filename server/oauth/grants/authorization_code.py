@@ -1,0 +1,117 @@
+"""RFC 6749 section 4.1.3: exchanging an authorization code, with PKCE (RFC 7636) always.
+
+A code is redeemed once. ``validate`` reads it and checks every binding (client, redirect URI,
+code verifier, lifetime) without spending it; ``issue`` spends it and starts the refresh-token
+family in one statement, so a refused request leaves the code as it was and a 503 spends nothing.
+A code presented after it was redeemed is refused and revokes the family its first redemption
+started (RFC 6749 section 4.1.2, RFC 9700 section 4.5): whoever holds it now, one of the two is
+not the client it was issued to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tessera.server.oauth.errors import InvalidGrant, InvalidRequest
+from tessera.server.oauth.families import RefreshFamilies
+from tessera.server.oauth.grants.base import TokenRequest, token_response
+from tessera.server.oauth.pkce import verifier_matches
+from tessera.server.oauth.tokens import AccessTokenIssuer
+from tessera.server.ops import events
+from tessera.server.store.sign_in import AuthorizationCode, SignInStore
+
+MAX_CODE_LENGTH = 128
+
+
+def code_hash(code: str) -> bytes:
+    return hashlib.sha256(code.encode("ascii", "replace")).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class CodeRedemption:
+    code_hash: bytes
+    code: AuthorizationCode
+
+
+class AuthorizationCodeGrant:
+    grant_type = "authorization_code"
+
+    def __init__(
+        self, codes: SignInStore, families: RefreshFamilies, tokens: AccessTokenIssuer, clock: Callable[[], float]
+    ) -> None:
+        self._codes = codes
+        self._families = families
+        self._tokens = tokens
+        self._clock = clock
+
+    async def validate(self, request: TokenRequest) -> CodeRedemption:
+        form, client = request.form, request.client
+        code, verifier = form.get("code"), form.get("code_verifier")
+        if code is None:
+            raise InvalidRequest("code is required")
+        if verifier is None:
+            raise InvalidRequest("code_verifier is required (PKCE, RFC 7636)")
+        if len(code) > MAX_CODE_LENGTH:
+            raise InvalidGrant("invalid authorization code")
+        hashed = code_hash(code)
+        found = await self._codes.code(hashed)
+        if found is None or found.client_id != client.client_id:
+            # Another client's code is refused without spending it: the client it was issued to
+            # may still redeem it.
+            raise InvalidGrant("invalid authorization code")
+        if found.redeemed_at is not None:
+            await self._replayed(found, client.client_id, request.remote)
+        if found.expires_at <= datetime.fromtimestamp(self._clock(), UTC):
+            raise InvalidGrant("the authorization code has expired")
+        if form.get("redirect_uri") != found.redirect_uri:
+            # Section 4.1.3: required and identical when the authorization request had one.
+            raise InvalidGrant("redirect_uri does not match the authorization request")
+        if not verifier_matches(verifier, found.code_challenge):
+            raise InvalidGrant("code_verifier does not match the code challenge")
+        return CodeRedemption(hashed, found)
+
+    async def issue(self, request: TokenRequest, validated: CodeRedemption) -> dict[str, Any]:
+        code, client = validated.code, request.client
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        refresh_token = family = None
+        if "refresh_token" in client.grant_types:
+            refresh_token, family = self._families.prepare_family(now)
+        if not await self._codes.redeem_code(code_hash=validated.code_hash, now=now, family=family):
+            again = await self._codes.code(validated.code_hash)
+            if again is not None and again.redeemed_at is not None:  # a concurrent request won
+                await self._replayed(again, client.client_id, request.remote)
+            raise InvalidGrant("invalid authorization code")
+        auth_time = int(code.auth_time.timestamp())
+        session_id = str(family.family_id) if family is not None else None
+        access = await self._tokens.issue(
+            subject=str(code.user_id),
+            client_id=client.client_id,
+            audience=code.audience,
+            scopes=code.scopes,
+            auth_time=auth_time,
+            session_id=session_id,
+        )
+        body = token_response(access, code.scopes, refresh_token)
+        if "openid" in code.scopes:
+            body["id_token"] = await self._tokens.issue_id_token(
+                subject=str(code.user_id),
+                client_id=client.client_id,
+                auth_time=auth_time,
+                session_id=str(code.session_id),
+                nonce=code.nonce,
+                access_token=access.token,
+            )
+        return body
+
+    async def _replayed(self, code: AuthorizationCode, presented_by: str, remote: str | None) -> None:
+        if code.family_id is not None:
+            await self._families.revoke_for_code_replay(code.family_id, presented_by, remote)
+        events.authorization_code_replayed(code.client_id, str(code.user_id), remote)
+        raise InvalidGrant("invalid authorization code")
+
+
+__all__ = ["AuthorizationCodeGrant", "CodeRedemption", "code_hash"]

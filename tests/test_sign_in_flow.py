@@ -1,0 +1,72 @@
+"""The authorization code flow end to end over real HTTP: /authorize, the login and consent pages,
+the code at /token, the ID token, /userinfo, refresh and /logout (CONTRACT.md, "Sign-in")."""
+
+from __future__ import annotations
+
+import aiohttp
+import jwt as pyjwt
+
+from tests.helpers import PASSWORD, SECRET, basic, tessera_server
+from tests.sign_in_helpers import REDIRECT_URI, Browser, authorization_parameters, pkce_pair
+
+ISSUER = "https://tessera.test"
+
+
+async def _app_client(admin, **extra):
+    await admin.client(
+        "webapp", grant_types=("authorization_code", "refresh_token"), scopes=("openid", "read"),
+        redirect_uris=(REDIRECT_URI,), **extra,
+    )
+    await admin.user("alice")
+
+
+async def test_a_person_signs_in_consents_and_the_app_gets_tokens_that_work(env, clock, admin):
+    await _app_client(admin)
+    async with tessera_server(env, clock) as http, aiohttp.ClientSession() as session:
+        browser = Browser(str(http.make_url("")).rstrip("/"), session)
+        verifier, challenge = pkce_pair()
+        parameters = authorization_parameters("webapp", challenge)
+        page = await browser.authorize(**parameters)
+        assert page.status == 200 and "text/html" in page.headers["Content-Type"]
+        assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+        assert page.headers["X-Frame-Options"] == "DENY"
+        consent = await browser.submit(page, username="alice", password=PASSWORD)
+        assert consent.status == 200 and "Allow access" in consent.text
+        assert "__Host-tessera_session" in browser.cookies
+        back = await browser.submit(consent, decision="allow")
+        assert back.status == 303 and back.location.startswith(REDIRECT_URI + "?")
+        answer = back.query()
+        assert answer["state"] == parameters["state"] and answer["iss"] == ISSUER
+
+        token = await http.post("/token", data={
+            "grant_type": "authorization_code", "code": answer["code"], "redirect_uri": REDIRECT_URI,
+            "code_verifier": verifier,
+        }, headers=basic("webapp", SECRET))
+        body = await token.json()
+        assert token.status == 200, body
+        assert {"access_token", "refresh_token", "id_token"} <= set(body) and body["scope"] == "openid read"
+        id_token = pyjwt.decode(body["id_token"], options={"verify_signature": False})
+        assert id_token["aud"] == "webapp" and id_token["nonce"] == parameters["nonce"] and id_token["iss"] == ISSUER
+        assert pyjwt.get_unverified_header(body["id_token"])["typ"] == "JWT"
+
+        info = await http.get("/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"})
+        assert info.status == 200 and (await info.json())["preferred_username"] == "alice"
+
+        again = await http.post("/token", data={
+            "grant_type": "authorization_code", "code": answer["code"], "redirect_uri": REDIRECT_URI,
+            "code_verifier": verifier,
+        }, headers=basic("webapp", SECRET))
+        assert again.status == 400 and (await again.json())["error"] == "invalid_grant"
+        # The replay revoked the family the first redemption started.
+        refreshed = await http.post("/token", data={"grant_type": "refresh_token", "refresh_token": body["refresh_token"]},
+                                    headers=basic("webapp", SECRET))
+        assert refreshed.status == 400
+
+        # Signed in already and consented: the next request goes straight back with a code.
+        _, challenge2 = pkce_pair()
+        straight = await browser.authorize(**authorization_parameters("webapp", challenge2))
+        assert straight.status == 303 and "code" in straight.query()
+
+        logout = await browser.request("GET", f"/logout?id_token_hint={body['id_token']}&post_logout_redirect_uri={REDIRECT_URI}&state=bye")
+        assert logout.status == 303 and logout.location == REDIRECT_URI + "?state=bye"
+        assert "__Host-tessera_session" not in browser.cookies
