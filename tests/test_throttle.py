@@ -228,3 +228,40 @@ def test_ipv6_clients_are_counted_per_64_prefix():
     assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
     assert address_key("::ffff:192.0.2.1") == "192.0.2.1"
     assert address_key(None) == "unknown"
+
+
+async def test_identical_attempts_share_a_check_only_against_the_same_stored_hash(admin, clock):
+    """A secret rotated while a check of the old secret runs: a request that read the new row must
+    not take that run's outcome (a match against the old hash) as its own."""
+    from tessera.server.oauth.throttle import LoginThrottle
+    from tessera.server.store.login_failures import LoginFailureStore
+
+    throttle = LoginThrottle(
+        LoginFailureStore(admin.pool), b"k" * 32, max_failures=10, max_failures_per_address=0, clock=clock
+    )
+    attempt = throttle.attempt("client", "svc", "198.51.100.7")
+    release = asyncio.Event()
+    checks: list[str] = []
+
+    def check_against(stored: str) -> Any:
+        async def check() -> bool:
+            checks.append(stored)
+            await release.wait()
+            return stored == "old-hash"  # the presented (old) secret matches only the old hash
+
+        return check
+
+    before = asyncio.ensure_future(
+        throttle.attempt_once(attempt, "old-secret", check_against("old-hash"), succeeded=bool, against="old-hash")
+    )
+    same = asyncio.ensure_future(
+        throttle.attempt_once(attempt, "old-secret", check_against("old-hash"), succeeded=bool, against="old-hash")
+    )
+    after = asyncio.ensure_future(
+        throttle.attempt_once(attempt, "old-secret", check_against("new-hash"), succeeded=bool, against="new-hash")
+    )
+    await eventually(lambda: len(checks) == 2, what="both checks started")
+    release.set()
+    assert await before is True and await same is True  # one run shared by the same row
+    assert await after is False  # its own run, against the hash it read
+    assert sorted(checks) == ["new-hash", "old-hash"]

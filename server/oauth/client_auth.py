@@ -180,7 +180,7 @@ class ClientAuthenticator:
         stored_hash = client.secret_hash if client is not None else None
         self._hasher.refuse_if_full()
         matched = await self._throttle.attempt_once(
-            attempt, secret, lambda: self._hasher.verify(stored_hash, secret), succeeded=bool
+            attempt, secret, lambda: self._hasher.verify(stored_hash, secret), succeeded=bool, against=stored_hash or ""
         )
         if client is None or stored_hash is None or not matched:
             events.login_failed("client", credentials.client_id, remote)

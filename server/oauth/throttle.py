@@ -130,14 +130,18 @@ class LoginThrottle:
             raise TooManyAttempts("too many failed attempts; try again later", self._retry_after(count, now))
 
     async def attempt_once(
-        self, attempt: Attempt, secret: str, check: Callable[[], Awaitable[T]], succeeded: Callable[[T], bool]
+        self, attempt: Attempt, secret: str, check: Callable[[], Awaitable[T]], succeeded: Callable[[T], bool],
+        *, against: str = "",
     ) -> T:
         """Charge ``attempt``, run ``check`` (argon2), and settle: a success takes the charge back.
 
-        Concurrent calls with the same attempt and secret share one run and its outcome (or its
-        error); a caller that gives up does not cancel it for the others.
+        Concurrent calls with the same attempt and secret, checked ``against`` the same stored hash,
+        share one run and its outcome (or its error); a caller that gives up does not cancel it for
+        the others. The hash belongs in the key: a caller that read the row after the secret was
+        rotated must not take the outcome of a check against the hash before.
         """
-        key = hmac.new(self._key, attempt.subject.key + secret.encode(), hashlib.sha256).digest()
+        material = attempt.subject.key + secret.encode() + b"\x00" + against.encode()
+        key = hmac.new(self._key, material, hashlib.sha256).digest()
         running = self._in_flight.get(key)
         if running is None:
             running = asyncio.ensure_future(self._settle(attempt, check, succeeded))
