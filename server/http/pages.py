@@ -175,7 +175,7 @@ class Pages:
 
     def _browser(self, request: web.Request) -> str:
         """This browser's id: its cookie, or a new one (set by ``_render``), kept on the request."""
-        known = request.get(BROWSER)
+        known: str | None = request.get(BROWSER)
         if known is not None:
             return known
         cookie = request.cookies.get(BROWSER_COOKIE)

@@ -23,7 +23,7 @@ from urllib.parse import unquote_plus
 from tessera.server.ops import events
 from tessera.server.store.caches import ClientCache, RecentFailures
 from tessera.server.oauth.errors import InvalidClient, InvalidRequest
-from tessera.server.http.forms import printable
+from tessera.server.oauth.parameters import printable
 from tessera.server.oauth.passwords import SecretHasher
 from tessera.server.store import Client, ClientStore
 from tessera.server.oauth.throttle import LoginThrottle
