@@ -70,3 +70,45 @@ async def test_a_person_signs_in_consents_and_the_app_gets_tokens_that_work(env,
         logout = await browser.request("GET", f"/logout?id_token_hint={body['id_token']}&post_logout_redirect_uri={REDIRECT_URI}&state=bye")
         assert logout.status == 303 and logout.location == REDIRECT_URI + "?state=bye"
         assert "__Host-tessera_session" not in browser.cookies
+
+
+async def test_the_id_token_and_the_access_token_name_the_same_sid(env, clock, admin):
+    """One sign-in at one client is one session at the RP: the refresh family, in both tokens."""
+    await _app_client(admin, first_party=True)
+    async with tessera_server(env, clock) as http, aiohttp.ClientSession() as session:
+        browser = Browser(str(http.make_url("")).rstrip("/"), session)
+        verifier, challenge = pkce_pair()
+        page = await browser.authorize(**authorization_parameters("webapp", challenge))
+        back = await browser.submit(page, username="alice", password=PASSWORD)
+        token = await http.post("/token", data={
+            "grant_type": "authorization_code", "code": back.query()["code"], "redirect_uri": REDIRECT_URI,
+            "code_verifier": verifier,
+        }, headers=basic("webapp", SECRET))
+        body = await token.json()
+        access = pyjwt.decode(body["access_token"], options={"verify_signature": False})
+        id_token = pyjwt.decode(body["id_token"], options={"verify_signature": False})
+        assert access["sid"] == id_token["sid"]
+
+
+async def test_logout_redirects_a_native_app_to_its_loopback_port_and_checks_client_id(env, clock, admin):
+    await admin.client(
+        "desktop", secret=None, grant_types=("authorization_code",), scopes=("openid",),
+        redirect_uris=("http://127.0.0.1/callback",), first_party=True,
+    )
+    await admin.user("alice")
+    async with tessera_server(env, clock) as http, aiohttp.ClientSession() as session:
+        browser = Browser(str(http.make_url("")).rstrip("/"), session)
+        verifier, challenge = pkce_pair()
+        callback = "http://127.0.0.1:53682/callback"
+        page = await browser.authorize(**authorization_parameters("desktop", challenge, redirect_uri=callback, scope="openid"))
+        back = await browser.submit(page, username="alice", password=PASSWORD)
+        token = await http.post("/token", data={
+            "grant_type": "authorization_code", "code": back.query()["code"], "redirect_uri": callback,
+            "code_verifier": verifier, "client_id": "desktop",
+        })
+        id_token = (await token.json())["id_token"]
+        # Another client's id with this hint: no redirect (RP-Initiated Logout 1.0 section 2).
+        wrong = await browser.request("GET", f"/logout?id_token_hint={id_token}&client_id=webapp&post_logout_redirect_uri={callback}")
+        assert "Location" not in wrong.headers
+        right = await browser.request("GET", f"/logout?id_token_hint={id_token}&client_id=desktop&post_logout_redirect_uri={callback}")
+        assert right.status == 303 and right.location == callback  # no state: no bare "?"

@@ -337,10 +337,14 @@ class Pages:
         else:
             confirmed = False
         hinted = await self._sign_in.logout_request(
-            parameters.get("id_token_hint"), parameters.get("post_logout_redirect_uri"), parameters.get("state")
+            parameters.get("id_token_hint"), parameters.get("post_logout_redirect_uri"), parameters.get("state"),
+            parameters.get("client_id"),
         )
         if session is not None and not confirmed and hinted.session_id != session.session_id:
-            kept = {k: v for k, v in parameters.items() if k in ("id_token_hint", "post_logout_redirect_uri", "state")}
+            kept = {
+                k: v for k, v in parameters.items()
+                if k in ("id_token_hint", "post_logout_redirect_uri", "state", "client_id")
+            }
             return self._render(
                 request, "logout.html", username=session.username,
                 interaction=self._seal.seal(kept, self._browser(request)),

@@ -24,7 +24,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from tessera.keys.keyring import Keyring
-from tessera.server.oauth.authorization import AuthorizationRequest
+from tessera.server.oauth.authorization import AuthorizationRequest, match_redirect_uri
 from tessera.server.oauth.errors import InvalidGrant
 from tessera.server.oauth.grants.authorization_code import code_hash
 from tessera.server.oauth.password_check import PasswordCheck
@@ -72,9 +72,10 @@ def cookie_hash(cookie: str) -> bytes:
 
 def with_parameters(uri: str, parameters: dict[str, str]) -> str:
     """RFC 6749 section 3.1.2: the query component of the redirect URI is kept, ours added to it."""
-    parts = urlsplit(uri)
-    separator = "&" if parts.query else "?"
     base = uri.split("#", 1)[0]
+    if not parameters:
+        return base
+    separator = "&" if urlsplit(uri).query else "?"
     return f"{base}{separator}{urlencode(parameters)}"
 
 
@@ -196,23 +197,22 @@ class SignIn:
     # --- RP-initiated logout --------------------------------------------------------------------
 
     async def logout_request(
-        self, id_token_hint: str | None, post_logout_redirect_uri: str | None, state: str | None
+        self, id_token_hint: str | None, post_logout_redirect_uri: str | None, state: str | None,
+        client_id: str | None = None,
     ) -> LogoutRequest:
         """Section 2 of RP-Initiated Logout: the hint must be an ID token this server issued (an
-        expired one is fine); the redirect is honoured only when registered for the hint's client,
-        so /logout is never an open redirect."""
+        expired one is fine), of the ``client_id`` when one is sent; the redirect is honoured only
+        when registered for the hint's client (with the loopback port rule of /authorize), so
+        /logout is never an open redirect."""
         claims = self._id_token_claims(id_token_hint) if id_token_hint else None
-        session_id = None
+        if claims is None or (client_id is not None and client_id != claims.get("aud")):
+            return LogoutRequest(None, None)
+        session_id = await self._store.login_session_of(str(claims.get("sid")))
         redirect = None
-        if claims is not None:
-            try:
-                session_id = uuid.UUID(str(claims.get("sid")))
-            except ValueError:
-                session_id = None
-            client = await self._clients.get(str(claims.get("aud")))
-            if post_logout_redirect_uri is not None and client is not None:
-                if post_logout_redirect_uri in client.redirect_uris:
-                    redirect = with_parameters(post_logout_redirect_uri, {"state": state} if state else {})
+        client = await self._clients.get(str(claims.get("aud")))
+        if post_logout_redirect_uri is not None and client is not None:
+            if match_redirect_uri(client.redirect_uris, post_logout_redirect_uri) is not None:
+                redirect = with_parameters(post_logout_redirect_uri, {"state": state} if state else {})
         return LogoutRequest(session_id, redirect)
 
     def _id_token_claims(self, token: str) -> dict[str, Any] | None:

@@ -98,6 +98,21 @@ class SignInStore:
         )
         return int(revoked)
 
+    async def login_session_of(self, sid: str) -> uuid.UUID | None:
+        """The sign-in session an ID token's ``sid`` belongs to: the ``sid`` is the refresh-token
+        family (as in the access tokens issued with it), or, for a client without refresh tokens,
+        the sign-in session itself."""
+        try:
+            named = uuid.UUID(sid)
+        except ValueError:
+            return None
+        found = await self._db.fetchval(
+            "SELECT coalesce((SELECT login_session_id FROM refresh_families WHERE family_id = $1),"
+            " (SELECT session_id FROM login_sessions WHERE session_id = $1))",
+            named,
+        )
+        return found if isinstance(found, uuid.UUID) else None
+
     # --- consents ---------------------------------------------------------------------------------
 
     async def consented(self, user_id: uuid.UUID, client_id: str, scopes: Sequence[str]) -> bool:

@@ -101,7 +101,9 @@ class AuthorizationCodeGrant:
                 subject=str(code.user_id),
                 client_id=client.client_id,
                 auth_time=auth_time,
-                session_id=str(code.session_id),
+                # The same sid as the access token's (the family: one sign-in at one client, what
+                # OpenID Connect calls a session at the RP); without refresh tokens, the sign-in.
+                session_id=session_id if session_id is not None else str(code.session_id),
                 nonce=code.nonce,
                 access_token=access.token,
             )
