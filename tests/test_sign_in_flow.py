@@ -112,3 +112,18 @@ async def test_logout_redirects_a_native_app_to_its_loopback_port_and_checks_cli
         assert "Location" not in wrong.headers
         right = await browser.request("GET", f"/logout?id_token_hint={id_token}&client_id=desktop&post_logout_redirect_uri={callback}")
         assert right.status == 303 and right.location == callback  # no state: no bare "?"
+
+
+async def test_with_login_session_ttl_0_every_request_asks_to_sign_in_and_consent_still_completes(env, clock, admin):
+    """TESSERA_LOGIN_SESSION_TTL=0: no sign-in is remembered, yet the consent page it leads to works."""
+    await _app_client(admin)
+    async with tessera_server(env, clock, TESSERA_LOGIN_SESSION_TTL="0") as http, aiohttp.ClientSession() as session:
+        browser = Browser(str(http.make_url("")).rstrip("/"), session)
+        _, challenge = pkce_pair()
+        page = await browser.authorize(**authorization_parameters("webapp", challenge))
+        consent = await browser.submit(page, username="alice", password=PASSWORD)
+        back = await browser.submit(consent, decision="allow")
+        assert back.status == 303 and "code" in back.query()
+        _, challenge2 = pkce_pair()
+        again = await browser.authorize(**authorization_parameters("webapp", challenge2))
+        assert again.status == 200 and "Sign in" in again.text  # not remembered

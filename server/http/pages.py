@@ -254,7 +254,9 @@ class Pages:
             return self._error_page(request, "This sign-in link is not valid", str(exc))
         except AuthorizationRedirectError as exc:
             return self._refused(exc)
-        return await self._show(request, await self._sign_in.decide(auth, await self._session(request)))
+        # TESSERA_LOGIN_SESSION_TTL=0: a sign-in is never remembered, so every request asks again.
+        session = await self._session(request) if self._settings.session_ttl else None
+        return await self._show(request, await self._sign_in.decide(auth, session))
 
     def _refused(self, exc: AuthorizationRedirectError) -> web.Response:
         return self._redirect(self._sign_in.error_to(exc.redirect_uri, exc.state, exc.error, exc.description).location)
@@ -346,7 +348,7 @@ class Pages:
                 if k in ("id_token_hint", "post_logout_redirect_uri", "state", "client_id")
             }
             return self._render(
-                request, "logout.html", username=session.username,
+                request, "logout.html", username=session.username, redirect_to=hinted.redirect,
                 interaction=self._seal.seal(kept, self._browser(request)),
             )
         if session is not None:

@@ -33,6 +33,9 @@ from tessera.server.settings import Settings
 from tessera.server.store import Client, ClientStore
 from tessera.server.store.sign_in import LoginSession, SignInStore
 
+SIGN_IN_ONLY_SECONDS = 1800  # a sign-in that is not remembered, for the steps of its own request
+
+
 @dataclass(frozen=True, slots=True)
 class ShowLogin:
     request: AuthorizationRequest
@@ -98,7 +101,9 @@ class SignIn:
         self._keyring = keyring
         self.issuer = issuer
         self._code_ttl = timedelta(seconds=code_ttl)
-        self._session_ttl = timedelta(seconds=session_ttl)
+        # 0 (never remember a sign-in): the session still lasts long enough to finish the consent
+        # page it leads to; /authorize does not look at it (tessera.server.http.pages).
+        self._session_ttl = timedelta(seconds=session_ttl or SIGN_IN_ONLY_SECONDS)
         self._clock = clock
 
     def now(self) -> datetime:
