@@ -218,12 +218,17 @@ def freshness_lifetime(headers: CIMultiDictProxy[str], policy: CachePolicy) -> f
     lifetime = policy.default_max_age
     if "no-store" in directives or "no-cache" in directives:
         lifetime = 0.0
-    elif directives.get("max-age", "").isdigit():
+    elif _delta_seconds(directives.get("max-age", "")):
         lifetime = float(directives["max-age"])
     age = headers.get("Age", "")
-    if age.isdigit():  # RFC 9111 section 5.1: time already spent in caches on the way
+    if _delta_seconds(age):  # RFC 9111 section 5.1: time already spent in caches on the way
         lifetime -= int(age)
     return min(max(lifetime, policy.min_max_age), policy.max_max_age)
+
+
+def _delta_seconds(text: str) -> bool:
+    """RFC 9111 section 1.2.2: delta-seconds = 1*DIGIT, ASCII digits only ("²".isdigit() is true)."""
+    return text.isascii() and text.isdigit()
 
 
 class _FetchFailed(Exception):

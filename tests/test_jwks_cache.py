@@ -181,6 +181,7 @@ async def test_max_age_is_honoured(issuer: LocalIssuer, verifier: Verifier, cloc
         ("public, max-age=999999999", 86400),  # ceiling: a key revocation is seen within a day
         (None, 300),  # the default
         ("max-age=oops", 300),
+        ("max-age=\u00b2", 300),  # a digit to str.isdigit, not to RFC 9111 (and int() would raise)
     ],
 )
 async def test_max_age_is_clamped_to_the_policy_bounds(cache_control: str | None, lifetime: float) -> None:
@@ -193,6 +194,8 @@ async def test_max_age_is_clamped_to_the_policy_bounds(cache_control: str | None
 async def test_age_header_shortens_the_lifetime() -> None:
     headers = CIMultiDictProxy(CIMultiDict({"Cache-Control": "max-age=300", "Age": "100"}))
     assert freshness_lifetime(headers, CachePolicy()) == 200
+    odd = CIMultiDictProxy(CIMultiDict({"Cache-Control": "max-age=300", "Age": "\u00b9\u00b2"}))
+    assert freshness_lifetime(odd, CachePolicy()) == 300
 
 
 async def test_no_store_answer_is_still_cached_for_the_minimum(

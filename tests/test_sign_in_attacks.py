@@ -682,3 +682,15 @@ async def test_the_login_page_answers_an_unknown_username_and_a_wrong_password_a
         assert sorted(unknown.headers.keys()) == sorted(wrong.headers.keys())
         assert _set_cookies(unknown) == _set_cookies(wrong) and SESSION_COOKIE not in _set_cookies(unknown)
         assert await _count(db_conn, "login_sessions") == 0
+
+
+async def test_a_max_age_of_non_ascii_digits_is_invalid_request_not_a_500(env, clock, admin):
+    """"²".isdigit() is true in Python, and int("²") raises: only ASCII digits are a number of seconds."""
+    from tests.sign_in_helpers import REDIRECT_URI as CALLBACK
+
+    await admin.client("webapp", grant_types=("authorization_code",), scopes=("openid",), redirect_uris=(CALLBACK,))
+    async with tessera_server(env, clock) as http:
+        _, challenge = pkce_pair()
+        answer = await http.get("/authorize", params=authorization_parameters("webapp", challenge, scope="openid", max_age="\u00b2"),
+                                allow_redirects=False)
+        assert answer.status == 303 and "error=invalid_request" in answer.headers["Location"]

@@ -127,3 +127,10 @@ async def test_with_login_session_ttl_0_every_request_asks_to_sign_in_and_consen
         _, challenge2 = pkce_pair()
         again = await browser.authorize(**authorization_parameters("webapp", challenge2))
         assert again.status == 200 and "Sign in" in again.text  # not remembered
+
+
+async def test_userinfo_with_two_authorization_headers_is_a_bearer_invalid_request(env, clock, admin):
+    async with tessera_server(env, clock) as http:
+        answer = await http.get("/userinfo", headers=[("Authorization", "Bearer a"), ("Authorization", "Bearer b")])
+        assert answer.status == 400 and (await answer.json())["error"] == "invalid_request"
+        assert answer.headers["WWW-Authenticate"].startswith("Bearer ")

@@ -13,16 +13,23 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from tessera.server.ops import events
+from tessera.server.oauth.client_assertions import ASSERTION_ALGORITHMS
+from tessera.server.oauth.client_auth import AUTH_METHODS
 from tessera.server.oauth.errors import InvalidRequest, UnauthorizedClient, UnsupportedGrantType
 from tessera.server.http.forms import read_form
 from tessera.server.oauth.grants import TokenRequest
 from tessera.server.ops.metrics import CONTENT_TYPE, METRICS, Metrics
 from tessera.server.http.limits import Handler, client_address, with_deadline
-from tessera.server.http.cors import preflight_answer
+from tessera.server.http.cors import (
+    CLIENT_PATHS, REGISTERED_ORIGINS, RegisteredOrigins, labelling_for_origin, looking_up_origin, preflight_answer,
+    registered_preflight,
+)
+from tessera.server.http.browser_cookie import REFRESH_COOKIES, RefreshCookies, cleared, cookie_refresh_token
 from tessera.server.http.answering import LOG_FIELDS, NO_STORE, answering, json_response
 from tessera.server.oauth.userinfo import BearerError
 from tessera.server.services import SERVICES
-from tessera.server.store import Client
+from tessera.server.store import Client, ClientStore
+from tessera.server.store.families import FamilyStore
 
 OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")
 
@@ -50,30 +57,53 @@ async def token(request: web.Request) -> web.Response:
     request[LOG_FIELDS]["client_id"] = client.client_id
     if grant_type not in client.grant_types:
         raise UnauthorizedClient("this client may not use this grant type")
+    if client.refresh_token_cookie and grant_type == "refresh_token" and "refresh_token" not in form:
+        from_cookie = cookie_refresh_token(request, client)  # tessera.server.http.browser_cookie
+        if from_cookie is not None:
+            form["refresh_token"] = from_cookie
     context = TokenRequest(form, client, remote)
     validated = await grant.validate(context)
     body = await grant.issue(context, validated)
     events.token_issued(grant_type, client.client_id)
+    if client.refresh_token_cookie and "refresh_token" in body:
+        return await request.app[REFRESH_COOKIES].answer(body)
     return json_response(body)
 
 
 async def _token_form(request: web.Request) -> tuple[str, Client]:
     """The ``token`` parameter of an authenticated revocation or introspection request."""
-    services = request.app[SERVICES]
-    form = await read_form(request, services.settings.max_body_bytes)
-    remote = client_address(request, services.settings.trusted_proxies)
-    client = await services.authenticator.authenticate(_authorization(request), form, remote=remote)
-    request[LOG_FIELDS]["client_id"] = client.client_id
+    form, client = await _authenticated_form(request)
     token = form.get("token")
     if token is None:
         raise InvalidRequest("token is required")
     return token, client
 
 
-async def revoke(request: web.Request) -> web.Response:
-    """RFC 7009 section 2: the revocation endpoint; 200 whether or not the token was known."""
-    token, client = await _token_form(request)
-    await request.app[SERVICES].revocation.revoke(client, token)
+async def _authenticated_form(request: web.Request) -> tuple[dict[str, str], Client]:
+    services = request.app[SERVICES]
+    form = await read_form(request, services.settings.max_body_bytes)
+    remote = client_address(request, services.settings.trusted_proxies)
+    client = await services.authenticator.authenticate(
+        _authorization(request), form, remote=remote, endpoint=request.path
+    )
+    request[LOG_FIELDS]["client_id"] = client.client_id
+    return form, client
+
+
+async def revoke(request: web.Request) -> web.StreamResponse:
+    """RFC 7009 section 2: the revocation endpoint; 200 whether or not the token was known.
+    A browser app's sign-out sends no token: its refresh-token cookie is revoked, and cleared."""
+    form, client = await _authenticated_form(request)
+    revocation = request.app[SERVICES].revocation
+    if "token" not in form and client.refresh_token_cookie:
+        from_cookie = cookie_refresh_token(request, client)  # tessera.server.http.browser_cookie
+        if from_cookie is not None:
+            await revocation.revoke(client, from_cookie)
+        return cleared(web.Response(status=200, headers=NO_STORE))
+    token = form.get("token")
+    if token is None:
+        raise InvalidRequest("token is required")
+    await revocation.revoke(client, token)
     return web.Response(status=200, headers=NO_STORE)
 
 
@@ -148,7 +178,8 @@ def metadata_document(issuer: str, grant_types: list[str], extra: dict[str, obje
         "token_endpoint": f"{issuer}/token",
         "jwks_uri": f"{issuer}/.well-known/jwks.json",
         "grant_types_supported": grant_types,
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
     }
     document.update(extra)
     return json.dumps(document, separators=(",", ":")).encode()
@@ -164,11 +195,13 @@ def openapi_view(document: bytes) -> Callable[[web.Request], Awaitable[web.Respo
 
 
 def _not_routed(endpoints: dict[str, tuple[str, ...]], cors_origins: frozenset[str]) -> Handler:
-    """What answers a request no endpoint takes: a CORS preflight (when origins are configured),
-    405 with ``Allow`` on a known path, 404 anywhere else."""
+    """What answers a request no endpoint takes: a CORS preflight (from an origin registered with a
+    client, or configured), 405 with ``Allow`` on a known path, 404 anywhere else."""
 
     async def not_routed(request: web.Request) -> web.StreamResponse:
-        preflight = preflight_answer(request, cors_origins)
+        preflight = await registered_preflight(request)
+        if preflight is None:
+            preflight = preflight_answer(request, cors_origins)
         if preflight is not None:
             return preflight
         allowed = endpoints.get(request.path)
@@ -181,22 +214,22 @@ def _not_routed(endpoints: dict[str, tuple[str, ...]], cors_origins: frozenset[s
 
 async def authorize(request: web.Request) -> web.StreamResponse:
     pages = request.app[SERVICES].pages
-    return await pages.guarded(pages.authorize)(request)
+    return await pages.guarded(with_deadline(pages.authorize))(request)
 
 
 async def login(request: web.Request) -> web.StreamResponse:
     pages = request.app[SERVICES].pages
-    return await pages.guarded(pages.login)(request)
+    return await pages.guarded(with_deadline(pages.login))(request)
 
 
 async def consent(request: web.Request) -> web.StreamResponse:
     pages = request.app[SERVICES].pages
-    return await pages.guarded(pages.consent)(request)
+    return await pages.guarded(with_deadline(pages.consent))(request)
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
     pages = request.app[SERVICES].pages
-    return await pages.guarded(pages.logout)(request)
+    return await pages.guarded(with_deadline(pages.logout))(request)
 
 
 async def stylesheet(request: web.Request) -> web.StreamResponse:
@@ -206,7 +239,11 @@ async def stylesheet(request: web.Request) -> web.StreamResponse:
 async def userinfo(request: web.Request) -> web.StreamResponse:
     """OpenID Connect Core section 5.3; RFC 6750 errors with WWW-Authenticate."""
     try:
-        claims = await request.app[SERVICES].userinfo.claims(_authorization(request))
+        try:
+            authorization = _authorization(request)
+        except InvalidRequest as exc:  # two Authorization headers
+            raise BearerError("invalid_request", 400, exc.description) from None
+        claims = await request.app[SERVICES].userinfo.claims(authorization)
     except BearerError as exc:
         body = {"error": exc.error or "invalid_request", "error_description": exc.description}
         return json_response(body, status=exc.status, headers={"WWW-Authenticate": exc.challenge()})
@@ -229,10 +266,11 @@ def add_routes(app: web.Application, series: Metrics, cors_origins: frozenset[st
         "/metrics": {"GET": metrics},
         "/openapi.json": {"GET": openapi_view(OPENAPI_DOCUMENT.read_bytes())},
         # Sign-in for people: HTML pages (tessera.server.http.pages), and UserInfo.
-        "/authorize": {"GET": with_deadline(authorize), "POST": with_deadline(authorize)},
-        "/login": {"POST": with_deadline(login)},
-        "/consent": {"POST": with_deadline(consent)},
-        "/logout": {"GET": with_deadline(logout), "POST": with_deadline(logout)},
+        # The pages bound themselves inside their own error handling: a deadline is an HTML page.
+        "/authorize": {"GET": authorize, "POST": authorize},
+        "/login": {"POST": login},
+        "/consent": {"POST": consent},
+        "/logout": {"GET": logout, "POST": logout},
         "/userinfo": {"GET": with_deadline(userinfo), "POST": with_deadline(userinfo)},
         "/static/tessera.css": {"GET": stylesheet},
     }
@@ -242,13 +280,25 @@ def add_routes(app: web.Application, series: Metrics, cors_origins: frozenset[st
     for path, methods in routes.items():
         resource = app.router.add_resource(path)
         for method, handler in methods.items():
-            answered = answering(path, handler, series)
+            if path in CLIENT_PATHS:  # CORS for the origins registered with clients (tessera.server.http.cors)
+                answered = labelling_for_origin(answering(path, looking_up_origin(handler), series))
+            else:
+                answered = answering(path, handler, series)
             resource.add_route(method, answered)
             if method == "GET":
                 resource.add_route("HEAD", answered)
         resource.add_route("*", not_routed)
     # (?s): once decoded, a path may hold any character, a newline (%0A) too, and must still land here.
     app.router.add_route("*", "/{tail:(?s:.*)}", not_routed)
+    app.on_startup.append(_open_browser_apps)
+
+
+async def _open_browser_apps(app: web.Application) -> None:
+    """What the browser-app endpoints keep per process, made from the services once they are open
+    (aiohttp runs ``on_startup`` after every ``cleanup_ctx`` has started)."""
+    services = app[SERVICES]
+    app[REGISTERED_ORIGINS] = RegisteredOrigins(ClientStore(services.pool), services.authenticator.client_rows)
+    app[REFRESH_COOKIES] = RefreshCookies(FamilyStore(services.pool), services.settings.refresh_reuse_grace)
 
 
 __all__ = ["NO_STORE", "add_routes", "metadata_document"]

@@ -184,7 +184,7 @@ async def check_authorization_request(
     max_age_text = parameters.get("max_age")
     max_age = None
     if max_age_text is not None:
-        if not max_age_text.isdigit() or len(max_age_text) > 10:
+        if not (max_age_text.isascii() and max_age_text.isdigit()) or len(max_age_text) > 10:
             raise refuse("invalid_request", "max_age must be a number of seconds")
         max_age = int(max_age_text)
     return AuthorizationRequest(
