@@ -11,6 +11,13 @@ measured in turn (``run_scaling``), so that the machine's drift falls on both.
     make bench
     make bench BENCH_ARGS='--modes 1p --duration 10 --json bench/results/my-run.json'
     make bench BENCH_ARGS='--gc-families 200000'     # and garbage collection (bench_gc.py), ~20 s more
+    make bench BENCH_ARGS='--modes 1p --endpoints code,login'   # sign-in alone (bench_sign_in.py)
+
+The endpoints ``code`` (authorization codes exchanged, next to oidc-provider, interleaved) and
+``login`` (the login page apart from argon2) are bench_sign_in.py's, always in mode 1p.
+The endpoint ``cc_pkjwt`` (client_credentials with private_key_jwt, a fresh ES256 assertion per
+request, with and without the jti replay register) is bench_pkjwt.py's, in mode 1p; not a default:
+    make bench BENCH_ARGS='--modes 1p --endpoints cc_pkjwt'
 """
 
 from __future__ import annotations
@@ -502,7 +509,7 @@ def report(data: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", default="1p,2w")
-    parser.add_argument("--endpoints", default="cc,password,refresh,jwks,introspect")
+    parser.add_argument("--endpoints", default="cc,password,refresh,jwks,introspect,code,login")
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--conns", type=int, default=64)
@@ -510,6 +517,12 @@ def main() -> int:
     parser.add_argument("--scaling-rounds", type=int, default=3,
                         help="rounds of 1p and 2w client_credentials in turn, for the 2w/1p ratio (0: none)")
     parser.add_argument("--scaling-duration", type=float, default=5.0)
+    parser.add_argument("--sign-in-rounds", type=int, default=3,
+                        help="code: rounds of Tessera and oidc-provider in turn (bench_sign_in.py)")
+    parser.add_argument("--sign-in-duration", type=float, default=5.0,
+                        help="seconds of each measured code and login run (codes are minted for each first)")
+    parser.add_argument("--pkjwt-rounds", type=int, default=3,
+                        help="cc_pkjwt: rounds of the secret, private_key_jwt and no-register servers in turn")
     parser.add_argument("--gc-families", type=int, default=0,
                         help="also run bench_gc.py on a table of this many families (about 20 s for 200000; 0: no)")
     args = parser.parse_args()
@@ -529,14 +542,32 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
         work = Path(tmp)
         for mode in modes:
+            if not set(endpoints) & set(LIMIT_OF):
+                break  # only endpoints with drivers of their own (bench_sign_in.py, ...)
             data["hello"][mode] = run_hello(mode, args, work)
             data["tessera"][mode] = run_tessera(mode, endpoints, args, work)
         if args.scaling_rounds > 0 and {"1p", "2w"} <= set(modes) and "cc" in endpoints:
             data["scaling"] = run_scaling(args, work)
+        if {"code", "login"} & set(endpoints):
+            import bench_sign_in
+
+            data["sign_in"] = bench_sign_in.run(args, work, endpoints)
+        if "cc_pkjwt" in endpoints:
+            import bench_pkjwt
+
+            data["pkjwt"] = bench_pkjwt.run(args, work)
     data["verifier"] = verifier_limits(2.0)
     if args.gc_families:
         data["gc"] = gc_figures(args.gc_families)
     text = report(data)
+    if "sign_in" in data:
+        import bench_sign_in
+
+        text += "\n" + bench_sign_in.report(data["sign_in"])
+    if "pkjwt" in data:
+        import bench_pkjwt
+
+        text += "\n" + bench_pkjwt.report(data["pkjwt"])
     print(text)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(data, indent=2))

@@ -18,6 +18,10 @@ def s256(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
 
 
+def well_formed_verifier(verifier: str) -> bool:
+    return _VERIFIER.match(verifier) is not None
+
+
 def verifier_matches(verifier: str, challenge: str) -> bool:
     """Section 4.6."""
-    return _VERIFIER.match(verifier) is not None and hmac.compare_digest(s256(verifier), challenge)
+    return well_formed_verifier(verifier) and hmac.compare_digest(s256(verifier), challenge)

@@ -234,13 +234,22 @@ async def statement_deadlines(connection: asyncpg.Connection, gives_up: Sequence
 async def fetchval_before_deadline(db: asyncpg.Pool | asyncpg.Connection, sql: str, *args: object) -> Any:
     """One write a request makes, with the request's deadline as the statement's last parameter (in
     the clock of the connection that sends it; None outside a request), for ``tessera_before_deadline``."""
+    return await _before_deadline(db, "fetchval", sql, args)
+
+
+async def fetchrow_before_deadline(db: asyncpg.Pool | asyncpg.Connection, sql: str, *args: object) -> Any:
+    """``fetchval_before_deadline``, answering the statement's row."""
+    return await _before_deadline(db, "fetchrow", sql, args)
+
+
+async def _before_deadline(db: asyncpg.Pool | asyncpg.Connection, fetch: str, sql: str, args: tuple[object, ...]) -> Any:
     gives_up = request_gives_up()
     if gives_up is None or not isinstance(db, asyncpg.Pool):
         (deadline,) = await statement_deadlines(db, [gives_up])
-        return await db.fetchval(sql, *args, deadline)
+        return await getattr(db, fetch)(sql, *args, deadline)
     async with db.acquire() as connection:
         (deadline,) = await statement_deadlines(connection, [gives_up])
-        return await connection.fetchval(sql, *args, deadline)
+        return await getattr(connection, fetch)(sql, *args, deadline)
 
 
 class PoolObserver(Protocol):

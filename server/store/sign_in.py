@@ -13,7 +13,7 @@ from datetime import datetime
 
 import asyncpg
 
-from tessera.server.store.db import fetchval_before_deadline
+from tessera.server.store.db import fetchrow_before_deadline, fetchval_before_deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,39 @@ class AuthorizationCode:
 _SESSION_LIVE = (
     " AND EXISTS (SELECT 1 FROM login_sessions s WHERE s.session_id = c.session_id AND s.ended_at IS NULL)"
 )
+
+
+# A code's redemption: the checks a token request makes of it, the spending and the family, one
+# statement and one round trip. $6..$9 are the family's (all NULL for a client without refresh tokens).
+_REDEEM_SQL = (
+    "WITH code AS ("
+    " UPDATE authorization_codes c SET redeemed_at = $2, family_id = $6::uuid"
+    "   FROM users u"
+    "  WHERE c.code_hash = $1 AND c.redeemed_at IS NULL AND c.expires_at > $2"
+    "    AND c.client_id = $3 AND c.redirect_uri IS NOT DISTINCT FROM $4::text AND c.code_challenge = $5"
+    "    AND u.user_id = c.user_id AND NOT u.disabled" + _SESSION_LIVE +
+    "  RETURNING c.client_id, c.user_id, c.session_id, c.scopes, c.audience, c.nonce, c.auth_time),"
+    " family AS ("
+    " INSERT INTO refresh_families (family_id, client_id, user_id, scopes, audience, auth_time,"
+    "  created_at, expires_at, generation, current_hash, last_rotated_at, idle_expires_at, login_session_id)"
+    " SELECT $6::uuid, client_id, user_id, scopes, audience, auth_time, $2, $7::timestamptz, 0, $8::bytea, $2,"
+    "  $9::timestamptz, session_id FROM code WHERE $6::uuid IS NOT NULL"
+    " RETURNING 1)"
+    " SELECT user_id, session_id, scopes, audience, nonce, auth_time, (SELECT count(*) FROM family) AS families,"
+    "  tessera_before_deadline($10) AS in_time FROM code"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RedeemedCode:
+    """What a spent code said: who signed in, for which scopes and audience, and when."""
+
+    user_id: uuid.UUID
+    session_id: uuid.UUID
+    scopes: tuple[str, ...]
+    audience: str
+    nonce: str | None
+    auth_time: datetime
 
 
 class SignInStore:
@@ -161,41 +194,24 @@ class SignInStore:
         return AuthorizationCode(**{**dict(row), "scopes": tuple(row["scopes"])})
 
     async def redeem_code(
-        self, *, code_hash: bytes, now: datetime, family: NewFamily | None
-    ) -> bool:
-        """Mark the code redeemed and, when the client gets refresh tokens, start its family, in one
-        statement: both or neither. False if the code was already redeemed (a concurrent request won),
-        has expired, or its user was disabled or its session ended meanwhile."""
-        if family is None:
-            redeemed = await fetchval_before_deadline(
-                self._db,
-                "WITH code AS ("
-                " UPDATE authorization_codes c SET redeemed_at = $2"
-                "  FROM users u"
-                " WHERE c.code_hash = $1 AND c.redeemed_at IS NULL AND c.expires_at > $2"
-                "   AND u.user_id = c.user_id AND NOT u.disabled" + _SESSION_LIVE +
-                " RETURNING 1)"
-                " SELECT tessera_before_deadline($3) FROM code",
-                code_hash, now,
-            )
-            return redeemed is True
-        redeemed = await fetchval_before_deadline(
-            self._db,
-            "WITH code AS ("
-            "  UPDATE authorization_codes c SET redeemed_at = $2, family_id = $3"
-            "    FROM users u"
-            "   WHERE c.code_hash = $1 AND c.redeemed_at IS NULL AND c.expires_at > $2"
-            "     AND u.user_id = c.user_id AND NOT u.disabled" + _SESSION_LIVE +
-            "   RETURNING c.client_id, c.user_id, c.session_id, c.scopes, c.audience, c.auth_time),"
-            " family AS ("
-            "  INSERT INTO refresh_families (family_id, client_id, user_id, scopes, audience, auth_time,"
-            "   created_at, expires_at, generation, current_hash, last_rotated_at, idle_expires_at, login_session_id)"
-            "  SELECT $3, client_id, user_id, scopes, audience, auth_time, $2, $4, 0, $5, $2, $6, session_id FROM code"
-            "  RETURNING 1)"
-            " SELECT tessera_before_deadline($7) FROM family",
-            code_hash, now, family.family_id, family.expires_at, family.current_hash, family.idle_expires_at,
+        self, *, code_hash: bytes, client_id: str, redirect_uri: str | None, code_challenge: str, now: datetime,
+        family: NewFamily | None,
+    ) -> RedeemedCode | None:
+        """Spend the code and, when the client gets refresh tokens, start its family, in one statement
+        (both or neither, before the request's deadline): only if the code is this client's, was
+        asked for with this redirect URI and this challenge, has not expired nor been spent, its user
+        is enabled and its sign-in has not ended. None otherwise, with nothing changed: ``code``
+        says why."""
+        row = await fetchrow_before_deadline(
+            self._db, _REDEEM_SQL, code_hash, now, client_id, redirect_uri, code_challenge,
+            family.family_id if family else None, family.expires_at if family else None,
+            family.current_hash if family else None, family.idle_expires_at if family else None,
         )
-        return redeemed is True
+        if row is None:
+            return None
+        return RedeemedCode(
+            row["user_id"], row["session_id"], tuple(row["scopes"]), row["audience"], row["nonce"], row["auth_time"]
+        )
 
     async def delete_expired(self, now: datetime, limit: int = 5000) -> int:
         """Codes past their lifetime and sessions that ended or expired (the janitor's work)."""

@@ -1,11 +1,12 @@
 """RFC 6749 section 4.1.3: exchanging an authorization code, with PKCE (RFC 7636) always.
 
-A code is redeemed once. ``validate`` reads it and checks every binding (client, redirect URI,
-code verifier, lifetime) without spending it; ``issue`` spends it and starts the refresh-token
-family in one statement, so a refused request leaves the code as it was and a 503 spends nothing.
-A code presented after it was redeemed is refused and revokes the family its first redemption
-started (RFC 6749 section 4.1.2, RFC 9700 section 4.5): whoever holds it now, one of the two is
-not the client it was issued to.
+A code is redeemed once. ``validate`` checks the request's own shape, without the database;
+``issue`` spends the code in one statement that also checks every binding (client, redirect URI,
+code challenge, lifetime, an enabled user, a sign-in not ended) and starts the refresh-token
+family, so a refused request leaves the code as it was and a 503 spends nothing. Only when that
+statement matches nothing is the code read, to say why. A code presented after it was redeemed is
+refused and revokes the family its first redemption started (RFC 6749 section 4.1.2, RFC 9700
+section 4.5): whoever holds it now, one of the two is not the client it was issued to.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from tessera.server.oauth.errors import InvalidGrant, InvalidRequest
 from tessera.server.oauth.families import RefreshFamilies
 from tessera.server.oauth.grants.base import TokenRequest, token_response
-from tessera.server.oauth.pkce import verifier_matches
+from tessera.server.oauth.pkce import s256, verifier_matches, well_formed_verifier
 from tessera.server.oauth.tokens import AccessTokenIssuer
 from tessera.server.ops import events
 from tessera.server.store.sign_in import AuthorizationCode, SignInStore
@@ -34,7 +35,8 @@ def code_hash(code: str) -> bytes:
 @dataclass(frozen=True, slots=True)
 class CodeRedemption:
     code_hash: bytes
-    code: AuthorizationCode
+    code_verifier: str
+    redirect_uri: str | None
 
 
 class AuthorizationCodeGrant:
@@ -49,42 +51,29 @@ class AuthorizationCodeGrant:
         self._clock = clock
 
     async def validate(self, request: TokenRequest) -> CodeRedemption:
-        form, client = request.form, request.client
+        form = request.form
         code, verifier = form.get("code"), form.get("code_verifier")
         if code is None:
             raise InvalidRequest("code is required")
         if verifier is None:
             raise InvalidRequest("code_verifier is required (PKCE, RFC 7636)")
-        if len(code) > MAX_CODE_LENGTH:
-            raise InvalidGrant("invalid authorization code")
-        hashed = code_hash(code)
-        found = await self._codes.code(hashed)
-        if found is None or found.client_id != client.client_id:
-            # Another client's code is refused without spending it: the client it was issued to
-            # may still redeem it.
-            raise InvalidGrant("invalid authorization code")
-        if found.redeemed_at is not None:
-            await self._replayed(found, client.client_id, request.remote)
-        if found.expires_at <= datetime.fromtimestamp(self._clock(), UTC):
-            raise InvalidGrant("the authorization code has expired")
-        if form.get("redirect_uri") != found.redirect_uri:
-            # Section 4.1.3: required and identical when the authorization request had one.
-            raise InvalidGrant("redirect_uri does not match the authorization request")
-        if not verifier_matches(verifier, found.code_challenge):
-            raise InvalidGrant("code_verifier does not match the code challenge")
-        return CodeRedemption(hashed, found)
+        if len(code) > MAX_CODE_LENGTH or not well_formed_verifier(verifier):
+            raise InvalidGrant("invalid authorization code or code_verifier")
+        return CodeRedemption(code_hash(code), verifier, form.get("redirect_uri"))
 
     async def issue(self, request: TokenRequest, validated: CodeRedemption) -> dict[str, Any]:
-        code, client = validated.code, request.client
+        client = request.client
         now = datetime.fromtimestamp(self._clock(), UTC)
         refresh_token = family = None
         if "refresh_token" in client.grant_types:
             refresh_token, family = self._families.prepare_family(now)
-        if not await self._codes.redeem_code(code_hash=validated.code_hash, now=now, family=family):
-            again = await self._codes.code(validated.code_hash)
-            if again is not None and again.redeemed_at is not None:  # a concurrent request won
-                await self._replayed(again, client.client_id, request.remote)
-            raise InvalidGrant("invalid authorization code")
+        code = await self._codes.redeem_code(
+            code_hash=validated.code_hash, client_id=client.client_id, redirect_uri=validated.redirect_uri,
+            code_challenge=s256(validated.code_verifier), now=now, family=family,
+        )
+        if code is None:
+            await self._refused(validated, client.client_id, request.remote, now)
+            raise InvalidGrant("invalid authorization code")  # _refused says more when it can
         auth_time = int(code.auth_time.timestamp())
         session_id = str(family.family_id) if family is not None else None
         access = await self._tokens.issue(
@@ -108,6 +97,23 @@ class AuthorizationCodeGrant:
                 access_token=access.token,
             )
         return body
+
+    async def _refused(self, asked: CodeRedemption, client_id: str, remote: str | None, now: datetime) -> None:
+        """Why the redemption matched nothing, read after it (so a concurrent winner is visible)."""
+        found = await self._codes.code(asked.code_hash)
+        if found is None or found.client_id != client_id:
+            # Another client's code is refused without spending it: the client it was issued to
+            # may still redeem it.
+            raise InvalidGrant("invalid authorization code")
+        if found.redeemed_at is not None:
+            await self._replayed(found, client_id, remote)
+        if found.expires_at <= now:
+            raise InvalidGrant("the authorization code has expired")
+        if asked.redirect_uri != found.redirect_uri:
+            # Section 4.1.3: required and identical when the authorization request had one.
+            raise InvalidGrant("redirect_uri does not match the authorization request")
+        if not verifier_matches(asked.code_verifier, found.code_challenge):
+            raise InvalidGrant("code_verifier does not match the code challenge")
 
     async def _replayed(self, code: AuthorizationCode, presented_by: str, remote: str | None) -> None:
         if code.family_id is not None:
