@@ -16,6 +16,8 @@ from tessera.keys.keyring import Keyring
 from tessera.server.store import db
 from tessera.server.ops import metrics
 from tessera.server.oauth.client_auth import ClientAuthenticator, VerifiedSecretCache
+from tessera.server.oauth.client_assertions import ClientAssertions, ClientKeySets
+from tessera.server.store.assertions import AssertionJtiStore
 from tessera.server.store.caches import ChangeFeed, ClientCache, RecentFailures
 from tessera.server.http.cors import install_cors
 from tessera.server.oauth.families import RefreshFamilies
@@ -131,8 +133,10 @@ async def open_services(
             )
             codes = SignInStore(pool)
             passwords = PasswordCheck(users, hasher, throttle)
-            grants = build_grants(tokens=tokens, families=families, passwords=passwords, codes=codes, clock=clock)
             reader = AccessTokenReader(keyring, issuer=settings.issuer, clock=clock)
+            grants = build_grants(
+                tokens=tokens, families=families, passwords=passwords, codes=codes, clock=clock, reader=reader
+            )
             sign_in = SignIn(
                 codes, clients, passwords, keyring, issuer=settings.issuer,
                 code_ttl=settings.authorization_code_ttl, session_ttl=settings.login_session_ttl, clock=clock,
@@ -147,12 +151,16 @@ async def open_services(
                 ),
             )
             janitor = Janitor(pool, clock)
+            assertions = ClientAssertions(
+                ClientKeySets(clock=clock), AssertionJtiStore(pool), issuer=settings.issuer, clock=clock
+            )
             services = Services(
                 settings=settings,
                 pool=pool,
                 keyring=keyring,
                 authenticator=ClientAuthenticator(
-                    clients, client_hasher, VerifiedSecretCache(), throttle, client_rows, recent_failures
+                    clients, client_hasher, VerifiedSecretCache(), throttle, client_rows, recent_failures,
+                    assertions=assertions,
                 ),
                 grants=grants,
                 revocation=Revocation(families, reader),
@@ -170,6 +178,7 @@ async def open_services(
                     yield services
             finally:
                 await janitor.stop()
+                await assertions.close()
                 hasher.close()
                 client_hasher.close()
         finally:

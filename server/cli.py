@@ -30,7 +30,10 @@ from tessera.server.ops import events
 from tessera.server.tasks.janitor import collect_garbage
 from tessera.server.tasks.key_scheduler import key_lifecycle, key_policy
 from tessera.server.oauth.passwords import SecretHasher
+from tessera.server.http.cors import origin_problem
 from tessera.server.oauth.authorization import registered_redirect_uri_problem
+from tessera.server.oauth.client_assertions import PRIVATE_KEY_JWT, jwks_uri_problem, registered_jwks
+from tessera.server.oauth.grants.token_exchange import GRANT_TYPE as TOKEN_EXCHANGE
 from tessera.server.settings import Settings, SettingsError, load_settings
 from tessera.server.store import ClientStore, PgKeyStore, UserStore
 from tessera.server.store.clients import ClientExists
@@ -38,7 +41,7 @@ from tessera.server.store.families import FamilyStore
 from tessera.server.store.keys import RewrapError
 from tessera.server.store.users import InvalidUsername, UserExists, canonical_username, check_new_username
 
-GRANT_TYPES = ("client_credentials", "password", "refresh_token", "authorization_code")
+GRANT_TYPES = ("client_credentials", "password", "refresh_token", "authorization_code", TOKEN_EXCHANGE)
 _SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._~:@-]{1,128}$")
 MIN_SECRET_LENGTH = 16
@@ -103,10 +106,53 @@ def _with_store(settings: Settings, action: Callable[[Any], Awaitable[int]]) -> 
 
 # --- clients -----------------------------------------------------------------------------------
 
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", PRIVATE_KEY_JWT, "none")
+
+
+def _client_keys(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str | None]:
+    """A private_key_jwt client's public keys from ``--jwks-file`` or ``--jwks-uri``; (None, None) for neither."""
+    if args.jwks_file is not None:
+        try:
+            with open(args.jwks_file, encoding="utf-8") as handle:
+                document = json.load(handle)
+        except OSError as exc:
+            raise CommandError(f"--jwks-file: cannot read {args.jwks_file}: {exc.strerror}") from None
+        except (ValueError, RecursionError):
+            raise CommandError(f"--jwks-file: {args.jwks_file} is not JSON") from None
+        try:
+            return registered_jwks(document), None
+        except ValueError as exc:
+            raise CommandError(f"--jwks-file: {exc}") from None
+    if args.jwks_uri is not None:
+        problem = jwks_uri_problem(args.jwks_uri)
+        if problem is not None:
+            raise CommandError(f"--jwks-uri: {args.jwks_uri!r} {problem}")
+        return None, args.jwks_uri
+    return None, None
+
+
+def _auth_method(args: argparse.Namespace, keys_given: bool) -> str:
+    """--token-endpoint-auth-method, or what the other flags imply; --public is ``none``."""
+    method: str | None = args.token_endpoint_auth_method
+    if method is None:
+        method = "none" if args.public else PRIVATE_KEY_JWT if keys_given else "client_secret_basic"
+    if args.public and method != "none":
+        raise CommandError(f"--public is --token-endpoint-auth-method none, not {method}")
+    if keys_given and method != PRIVATE_KEY_JWT:
+        raise CommandError("--jwks-file and --jwks-uri are for --token-endpoint-auth-method private_key_jwt")
+    if method == PRIVATE_KEY_JWT and not keys_given:
+        raise CommandError("a private_key_jwt client needs its public keys: --jwks-file or --jwks-uri")
+    if method == PRIVATE_KEY_JWT and args.secret_stdin:
+        raise CommandError("a private_key_jwt client has no secret; drop --secret-stdin")
+    return method
+
 
 def clients_create(args: argparse.Namespace, settings: Settings) -> int:
     if not _CLIENT_ID.match(args.client_id):
         raise CommandError("CLIENT_ID: 1-128 characters from A-Z a-z 0-9 . _ ~ : @ -")
+    jwks, jwks_uri = _client_keys(args)
+    auth_method = _auth_method(args, jwks is not None or jwks_uri is not None)
+    args.public = auth_method == "none"
     grant_types = _split_list(args.grant_types, "--grant-types")
     unknown = [g for g in grant_types if g not in GRANT_TYPES]
     if unknown or not grant_types:
@@ -128,8 +174,10 @@ def clients_create(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError("--audiences: at least one audience is required (it becomes the tokens' aud)")
     if args.public and args.secret_stdin:
         raise CommandError("a public client has no secret; drop --secret-stdin")
+    exchange_from = _exchange_from(args, grant_types)
+    allowed_origins = _allowed_origins(args, grant_types)
     secret: str | None = None
-    if not args.public:
+    if not args.public and auth_method != PRIVATE_KEY_JWT:
         secret = _read_stdin_secret("client secret") if args.secret_stdin else "tsc_" + secrets.token_urlsafe(32)
         if len(secret) < MIN_SECRET_LENGTH:
             raise CommandError(f"the client secret must be at least {MIN_SECRET_LENGTH} characters")
@@ -139,7 +187,9 @@ def clients_create(args: argparse.Namespace, settings: Settings) -> int:
         try:
             client = await ClientStore(pool).create(
                 args.client_id, secret_hash=secret_hash, grant_types=grant_types, scopes=scopes, audiences=audiences,
-                redirect_uris=redirect_uris, first_party=args.first_party,
+                redirect_uris=redirect_uris, first_party=args.first_party, exchange_from=exchange_from,
+                token_endpoint_auth_method=auth_method, jwks=jwks, jwks_uri=jwks_uri,
+                allowed_origins=allowed_origins, refresh_token_cookie=args.refresh_token_cookie,
             )
         except ClientExists:
             raise CommandError(f"client {args.client_id!r} already exists") from None
@@ -152,6 +202,55 @@ def clients_create(args: argparse.Namespace, settings: Settings) -> int:
             if not args.secret_stdin:
                 lines.append("(the secret is shown only now; store it safely)")
         _emit(args, data, "\n".join(lines))
+        return 0
+
+    return _with_store(settings, action)
+
+
+def _allowed_origins(args: argparse.Namespace, grant_types: list[str]) -> list[str]:
+    """A browser app's origins (--allowed-origins), and whether its refresh token goes in the
+    HttpOnly cookie (--refresh-token-cookie): only a public client, called from those origins."""
+    origins = _split_list(args.allowed_origins, "--allowed-origins")
+    for origin in origins:
+        problem = origin_problem(origin)
+        if problem is not None:
+            raise CommandError(f"--allowed-origins: {origin!r} {problem}")
+    if args.refresh_token_cookie and not args.public:
+        raise CommandError("--refresh-token-cookie is for a public client (--public): a browser app")
+    if args.refresh_token_cookie and not origins:
+        raise CommandError("--refresh-token-cookie needs --allowed-origins: the origins its pages run on")
+    if args.refresh_token_cookie and "refresh_token" not in grant_types:
+        raise CommandError("--refresh-token-cookie needs the grant type refresh_token")
+    return origins
+
+
+def _exchange_from(args: argparse.Namespace, grant_types: list[str]) -> list[str]:
+    """RFC 8693: the audiences of the access tokens the client may exchange; only with the grant."""
+    exchange_from = _split_list(args.exchange_from, "--exchange-from")
+    if TOKEN_EXCHANGE not in grant_types:
+        if exchange_from:
+            raise CommandError(f"--exchange-from needs the grant type {TOKEN_EXCHANGE}")
+        return exchange_from
+    if args.public:
+        raise CommandError("a public client cannot use token exchange: the actor authenticates (RFC 8693 section 5)")
+    if not exchange_from:
+        raise CommandError("--exchange-from: a client with token exchange needs the audiences it may exchange from")
+    return exchange_from
+
+
+def clients_set_jwks(args: argparse.Namespace, settings: Settings) -> int:
+    """Replace a private_key_jwt client's public keys: a key added is usable at once, a key left
+    out stops working (rotation: add the new key, switch the client to it, then drop the old)."""
+    jwks, jwks_uri = _client_keys(args)
+
+    async def action(pool: Any) -> int:
+        store = ClientStore(pool)
+        if not await store.set_keys(args.client_id, jwks=jwks, jwks_uri=jwks_uri):
+            raise CommandError(f"no private_key_jwt client {args.client_id!r}")
+        client = await store.get(args.client_id)
+        assert client is not None
+        what = f"{len(jwks['keys'])} key(s): {' '.join(k['kid'] for k in jwks['keys'])}" if jwks else f"keys at {jwks_uri}"
+        _emit(args, client.as_public_dict(), f"{args.client_id} now authenticates with {what}")
         return 0
 
     return _with_store(settings, action)
@@ -539,11 +638,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--first-party", action="store_true", help="the operator's own app: no consent page")
     create.add_argument("--secret-stdin", action="store_true", help="read the secret from standard input")
+    create.add_argument(
+        "--token-endpoint-auth-method", choices=AUTH_METHODS, metavar="M",
+        help=f"how it authenticates: {', '.join(AUTH_METHODS)} (default: client_secret_basic, or none with --public)",
+    )
+    create_keys = create.add_mutually_exclusive_group()
+    create_keys.add_argument("--jwks-file", metavar="F", help="private_key_jwt: a JWK Set of its public keys")
+    create_keys.add_argument("--jwks-uri", metavar="URL", help="private_key_jwt: where its JWK Set is (https)")
+    create.add_argument(
+        "--exchange-from", default="",
+        help="space-separated audiences whose access tokens the client may exchange (RFC 8693 token exchange)",
+    )
+    create.add_argument(
+        "--allowed-origins", default="",
+        help="space-separated origins of a browser app (https://spa.example): CORS at /token, /revoke, /userinfo",
+    )
+    create.add_argument(
+        "--refresh-token-cookie", action="store_true",
+        help="a public browser app: its refresh token in an HttpOnly cookie, never in the JSON (docs/browser-apps.md)",
+    )
     command(clients, "list", clients_list, "list clients")
     show = command(clients, "show", clients_show, "show one client")
     show.add_argument("client_id", metavar="ID")
     delete = command(clients, "delete", clients_delete, "delete a client")
     delete.add_argument("client_id", metavar="ID")
+    set_jwks = command(clients, "set-jwks", clients_set_jwks, "replace a private_key_jwt client's public keys")
+    set_jwks.add_argument("client_id", metavar="ID")
+    set_jwks_from = set_jwks.add_mutually_exclusive_group(required=True)
+    set_jwks_from.add_argument("--jwks-file", metavar="F", help="a JWK Set of its public keys")
+    set_jwks_from.add_argument("--jwks-uri", metavar="URL", help="where its JWK Set is (https)")
     rotate = command(clients, "rotate-secret", clients_rotate_secret, "give a client a new secret; prints it once")
     rotate.add_argument("client_id", metavar="ID")
     rotate.add_argument("--secret-stdin", action="store_true", help="read the new secret from standard input")

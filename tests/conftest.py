@@ -149,8 +149,15 @@ class Admin:
         audiences: tuple[str, ...] = ("https://orders.example", "https://billing.example"),
         redirect_uris: tuple[str, ...] = (),
         first_party: bool = False,
+        exchange_from: tuple[str, ...] = (),
+        jwks: dict[str, Any] | None = None,
+        jwks_uri: str | None = None,
+        allowed_origins: tuple[str, ...] = (),
+        refresh_token_cookie: bool = False,
     ) -> Client:
-        secret_hash = await self.hasher.hash(secret) if secret is not None else None
+        # With jwks or jwks_uri: a private_key_jwt client, which has keys instead of a secret.
+        keys = jwks is not None or jwks_uri is not None
+        secret_hash = await self.hasher.hash(secret) if secret is not None and not keys else None
         return await ClientStore(self.pool).create(
             client_id,
             secret_hash=secret_hash,
@@ -159,6 +166,12 @@ class Admin:
             audiences=list(audiences),
             redirect_uris=list(redirect_uris),
             first_party=first_party,
+            exchange_from=list(exchange_from),
+            token_endpoint_auth_method="private_key_jwt" if keys else None,
+            jwks=jwks,
+            jwks_uri=jwks_uri,
+            allowed_origins=list(allowed_origins),
+            refresh_token_cookie=refresh_token_cookie,
         )
 
     async def user(self, username: str = "alice", password: str = PASSWORD) -> User:

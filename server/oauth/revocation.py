@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from tessera.server.oauth.client_assertions import ASSERTION_ALGORITHMS
+from tessera.server.oauth.client_auth import AUTH_METHODS
 from tessera.server.oauth.errors import UnsupportedTokenType
 from tessera.server.oauth.introspection import AccessTokenReader, session_of
 from tessera.server.oauth.families import RefreshFamilies, parse_refresh_token
@@ -42,7 +44,10 @@ def endpoint_metadata(issuer: str) -> dict[str, object]:
     """RFC 8414 section 2: where the revocation and introspection endpoints are, and how to call them."""
     return {
         "revocation_endpoint": f"{issuer}/revoke",
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
         "introspection_endpoint": f"{issuer}/introspect",
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        # Introspection answers confidential clients only (tessera.server.oauth.introspection).
+        "introspection_endpoint_auth_methods_supported": [m for m in AUTH_METHODS if m != "none"],
+        "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
     }

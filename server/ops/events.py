@@ -143,3 +143,58 @@ def signed_in(user_id: str, remote: str | None) -> None:
 
 def signed_out(user_id: str, families_revoked: int) -> None:
     log.info("signed out", extra={"event": "signed_out", "user_id": user_id, "families_revoked": families_revoked})
+
+
+def client_assertion_refused(reason: str, client_id: str, remote: str | None) -> None:
+    """A private_key_jwt client assertion was refused (RFC 7523 section 3): ``reason`` is one of
+    ``tessera.server.oauth.client_assertions.REFUSALS``; ``client_id`` is the one it claimed."""
+    if (series := metrics.current()) is not None:
+        series.count(series.client_assertions_refused, (reason,))
+    security_log.warning(
+        "client assertion refused",
+        extra={"event": "client_assertion_refused", "reason": reason, "client_id": client_id, "remote": remote},
+    )
+
+
+def client_assertion_replayed(client_id: str, remote: str | None) -> None:
+    """A client assertion whose jti was already used was presented again: a copy of a genuine one."""
+    if (series := metrics.current()) is not None:
+        series.count(series.client_assertion_replays, (client_id,))
+        series.count(series.client_assertions_refused, ("replayed",))
+    security_log.warning(
+        "client assertion replayed; refused",
+        extra={"event": "client_assertion_replay", "client_id": client_id, "remote": remote},
+    )
+
+
+def client_jwks_unavailable(client_id: str, reason: str) -> None:
+    """A private_key_jwt client's jwks_uri could not be fetched and no usable copy was cached."""
+    log.warning("client key set unavailable", extra={"event": "client_jwks_unavailable", "client_id": client_id,
+                                                      "reason": reason})
+
+
+# RFC 8693 refusals that point at a stolen, forged or misdirected token rather than a client's bug.
+_SUSPICIOUS_EXCHANGE_REFUSALS = frozenset({"subject_token", "subject_audience", "session_revoked"})
+
+
+def token_exchange_refused(*, client_id: str, reason: str, remote: str | None) -> None:
+    """A token exchange (RFC 8693) by ``client_id`` was refused for ``reason``: request, client,
+    target, scope, subject_token (not a valid, unexpired token of this server), subject_audience
+    (not one the client may exchange from), session_revoked or delegation_depth."""
+    if (series := metrics.current()) is not None:
+        series.count(series.token_exchanges_refused, (client_id, reason))
+    if reason in _SUSPICIOUS_EXCHANGE_REFUSALS:
+        security_log.warning(
+            "token exchange refused",
+            extra={"event": "token_exchange_refused", "client_id": client_id, "reason": reason, "remote": remote},
+        )
+
+
+def token_exchanged(*, client_id: str, subject_client_id: str, subject: str, audience: str) -> None:
+    """``client_id`` now acts for ``subject`` at ``audience``, with a token it got by exchanging one
+    issued to ``subject_client_id`` (RFC 8693): who acted for whom, for the audit trail."""
+    log.info(
+        "token exchanged",
+        extra={"event": "token_exchanged", "client_id": client_id, "subject_client_id": subject_client_id,
+               "sub": subject, "aud": audience},
+    )

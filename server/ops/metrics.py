@@ -115,6 +115,20 @@ class Metrics:
         self.pool_waits = counter(
             "tessera_db_pool_waits", "Connection acquisitions that found every connection of the pool in use"
         )
+        # private_key_jwt (tessera.server.oauth.client_assertions): a refused assertion is counted by
+        # reason only (its client id is whatever the caller wrote); a replay carries a signature
+        # that verified, so its client is a registered one.
+        self.client_assertions_refused = counter(
+            "tessera_client_assertions_refused", "private_key_jwt client assertions refused, by reason", ("reason",)
+        )
+        self.client_assertion_replays = counter(
+            "tessera_client_assertion_replays", "private_key_jwt client assertions presented again (refused)",
+            ("client_id",),
+        )
+        self.token_exchanges_refused = counter(
+            "tessera_token_exchanges_refused", "Token exchanges (RFC 8693) refused, by client and reason",
+            ("client_id", "reason"),
+        )
 
     @classmethod
     def for_this_process(cls) -> Metrics:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -24,6 +27,18 @@ class Client:
     secret_changed_at: datetime | None
     redirect_uris: tuple[str, ...] = ()
     first_party: bool = False
+    # How it authenticates (migration 0012): client_secret_basic or client_secret_post (either
+    # works for a client with a secret), private_key_jwt (no secret: a JWK Set, inline or by URL),
+    # or none (public). For a private_key_jwt client ``secret_changed_at`` moves with its keys.
+    token_endpoint_auth_method: str = "client_secret_basic"
+    jwks: Mapping[str, Any] | None = None
+    jwks_uri: str | None = None
+    # RFC 8693: the audiences of the subject tokens this client may exchange (token exchange).
+    exchange_from: tuple[str, ...] = ()
+    # A browser app (migration 0014): the origins its pages run on, and whether its refresh tokens
+    # travel in the HttpOnly cookie instead of the JSON (tessera.server.http.browser_cookie).
+    allowed_origins: tuple[str, ...] = ()
+    refresh_token_cookie: bool = False
 
     def as_public_dict(self) -> dict[str, object]:
         """What the CLI shows: never the secret hash."""
@@ -35,13 +50,21 @@ class Client:
             "audiences": list(self.audiences),
             "redirect_uris": list(self.redirect_uris),
             "first_party": self.first_party,
+            "exchange_from": list(self.exchange_from),
+            "allowed_origins": list(self.allowed_origins),
+            "refresh_token_cookie": self.refresh_token_cookie,
             "created_at": self.created_at.isoformat(),
+            "token_endpoint_auth_method": self.token_endpoint_auth_method,
+            **({"jwks": self.jwks} if self.jwks is not None else {}),
+            **({"jwks_uri": self.jwks_uri} if self.jwks_uri is not None else {}),
         }
 
 
 _COLUMNS = (
     "client_id, secret_hash, is_public, grant_types, scopes, audiences, created_at, secret_changed_at,"
-    " redirect_uris, first_party"
+    " redirect_uris, first_party, token_endpoint_auth_method, jwks, jwks_uri"
+    ", exchange_from"
+    ", allowed_origins, refresh_token_cookie"
 )
 _PREFIXED = ", ".join(f"c.{column.strip()}" for column in _COLUMNS.split(","))
 
@@ -58,6 +81,12 @@ def _client(row: asyncpg.Record) -> Client:
         secret_changed_at=row["secret_changed_at"],
         redirect_uris=tuple(row["redirect_uris"]),
         first_party=row["first_party"],
+        token_endpoint_auth_method=row["token_endpoint_auth_method"],
+        jwks=json.loads(row["jwks"]) if row["jwks"] is not None else None,
+        jwks_uri=row["jwks_uri"],
+        exchange_from=tuple(row["exchange_from"]),
+        allowed_origins=tuple(row["allowed_origins"]),
+        refresh_token_cookie=row["refresh_token_cookie"],
     )
 
 
@@ -101,25 +130,52 @@ class ClientStore:
         audiences: list[str],
         redirect_uris: list[str] | None = None,
         first_party: bool = False,
+        token_endpoint_auth_method: str | None = None,
+        jwks: Mapping[str, Any] | None = None,
+        jwks_uri: str | None = None,
+        exchange_from: list[str] | None = None,
+        allowed_origins: list[str] | None = None,
+        refresh_token_cookie: bool = False,
     ) -> Client:
+        """``token_endpoint_auth_method`` defaults to ``none`` without a secret, else
+        ``client_secret_basic``; a ``private_key_jwt`` client has ``jwks`` or ``jwks_uri`` instead."""
+        if token_endpoint_auth_method is None:
+            token_endpoint_auth_method = "none" if secret_hash is None else "client_secret_basic"
         try:
             row = await self._db.fetchrow(
                 f"INSERT INTO clients (client_id, secret_hash, is_public, grant_types, scopes, audiences,"
-                f" secret_changed_at, redirect_uris, first_party) VALUES ($1, $2, $3, $4, $5, $6, now(), $7, $8)"
+                f" secret_changed_at, redirect_uris, first_party, token_endpoint_auth_method, jwks, jwks_uri,"
+                f" exchange_from, allowed_origins, refresh_token_cookie)"
+                f" VALUES ($1, $2, $3, $4, $5, $6, now(), $7, $8, $9, $10::jsonb, $11, $12, $13, $14)"
                 f" RETURNING {_COLUMNS}",
                 client_id,
                 secret_hash,
-                secret_hash is None,
+                token_endpoint_auth_method == "none",
                 grant_types,
                 scopes,
                 audiences,
                 redirect_uris or [],
                 first_party,
+                token_endpoint_auth_method,
+                json.dumps(jwks) if jwks is not None else None,
+                jwks_uri,
+                exchange_from or [],
+                allowed_origins or [],
+                refresh_token_cookie,
             )
         except asyncpg.UniqueViolationError:
             raise ClientExists(client_id) from None
         assert row is not None
         return _client(row)
+
+    async def allowed_origins(self) -> dict[str, bool]:
+        """Every origin registered with a client, and whether a client with the refresh-token
+        cookie has it (its answers there may then carry credentials)."""
+        rows = await self._db.fetch(
+            "SELECT origin, bool_or(refresh_token_cookie) AS cookie"
+            " FROM clients, unnest(allowed_origins) AS origin GROUP BY origin"
+        )
+        return {row["origin"]: row["cookie"] for row in rows}
 
     async def list(self) -> list[Client]:
         return [_client(r) for r in await self._db.fetch(f"SELECT {_COLUMNS} FROM clients ORDER BY client_id")]
@@ -131,9 +187,22 @@ class ClientStore:
         """Replace a confidential client's secret; False if there is no such confidential client."""
         updated = await self._db.fetchval(
             "UPDATE clients SET secret_hash = $2, secret_changed_at = now()"
-            " WHERE client_id = $1 AND NOT is_public RETURNING true",
+            " WHERE client_id = $1 AND secret_hash IS NOT NULL RETURNING true",
             client_id,
             secret_hash,
+        )
+        return updated is True
+
+    async def set_keys(self, client_id: str, *, jwks: Mapping[str, Any] | None, jwks_uri: str | None) -> bool:
+        """Replace a private_key_jwt client's public keys (one of the two); False if there is no such
+        client. Every instance uses the new keys from the next request on (the change notification,
+        migration 0006), and a family being made with the old ones is not (``secret_changed_at``)."""
+        updated = await self._db.fetchval(
+            "UPDATE clients SET jwks = $2::jsonb, jwks_uri = $3, secret_changed_at = now()"
+            " WHERE client_id = $1 AND token_endpoint_auth_method = 'private_key_jwt' RETURNING true",
+            client_id,
+            json.dumps(jwks) if jwks is not None else None,
+            jwks_uri,
         )
         return updated is True
 

@@ -1,5 +1,5 @@
-"""Garbage collection: expired and revoked refresh-token families, old security events, and
-signing keys whose tokens have all expired.
+"""Garbage collection: expired and revoked refresh-token families, old security events,
+signing keys whose tokens have all expired, and the jtis of expired client assertions.
 
 Deletion runs in bounded statements (a range of heap pages at a time, or a few thousand events),
 never one huge DELETE, so it cannot hold long locks or bloat the WAL in one go; hydra#3079's
@@ -27,6 +27,7 @@ from tessera.server.store.db import DATABASE_UNAVAILABLE
 from tessera.server.store import PgKeyStore
 from tessera.server.store.families import GC_EVENTS_PER_STATEMENT, GC_PAGES_PER_STATEMENT, FamilyStore
 from tessera.server.store.login_failures import LoginFailureStore
+from tessera.server.store.assertions import AssertionJtiStore
 from tessera.server.oauth.throttle import WINDOW_SECONDS
 
 GC_INTERVAL = 300.0
@@ -37,6 +38,7 @@ JANITOR_PAUSE = 0.01
 # could still be shown, and a family that merely expired still vouches for its last access tokens.
 FAMILY_RETENTION = timedelta(days=1)
 SECURITY_EVENT_RETENTION = timedelta(days=90)
+GC_JTIS_PER_STATEMENT = 5000
 
 log = logging.getLogger("tessera.janitor")
 # An outage or a statement timeout: the next pass picks up where this one could not.
@@ -48,9 +50,11 @@ class Collected:
     families: int
     security_events: int
     keys: int
+    client_assertions: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"families": self.families, "security_events": self.security_events, "keys": self.keys}
+        return {"families": self.families, "security_events": self.security_events, "keys": self.keys,
+                "client_assertions": self.client_assertions}
 
 
 async def collect_garbage(
@@ -75,10 +79,19 @@ async def collect_garbage(
     failures = LoginFailureStore(pool)
     while await failures.prune(before=now.timestamp() - WINDOW_SECONDS) >= 1000:
         await asyncio.sleep(pause)
+    # Client assertions past their exp (plus leeway) can no longer be accepted, replayed or not.
+    jtis, client_assertions = AssertionJtiStore(pool), 0
+    while True:
+        deleted = await jtis.delete_expired(now, GC_JTIS_PER_STATEMENT)
+        client_assertions += deleted
+        if deleted < GC_JTIS_PER_STATEMENT:
+            break
+        await asyncio.sleep(pause)
     events.garbage_collected("refresh_families", families)
     events.garbage_collected("security_events", security_events)
     events.garbage_collected("signing_keys", keys)
-    return Collected(families, security_events, keys)
+    events.garbage_collected("client_assertion_jtis", client_assertions)
+    return Collected(families, security_events, keys, client_assertions)
 
 
 class Janitor:
