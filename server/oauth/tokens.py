@@ -15,7 +15,7 @@ import asyncio
 import base64
 import hashlib
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -60,14 +60,19 @@ class AccessTokenIssuer:
         scopes: Sequence[str],
         auth_time: int | None = None,
         session_id: str | None = None,
+        act: Mapping[str, Any] | None = None,
+        not_after: int | None = None,
     ) -> IssuedAccessToken:
+        """``act`` and ``not_after`` are for token exchange (RFC 8693): who acts on the subject's
+        behalf (section 4.1), and an ``exp`` the token may not outlive (the subject token's)."""
         now = int(self._clock())
         jti = secrets.token_urlsafe(16)
+        exp = now + self._ttl if not_after is None else min(now + self._ttl, not_after)
         claims: dict[str, Any] = {
             "iss": self._issuer,
             "sub": subject,
             "aud": audience,
-            "exp": now + self._ttl,
+            "exp": exp,
             "iat": now,
             "nbf": now,
             "jti": jti,
@@ -80,8 +85,10 @@ class AccessTokenIssuer:
         if session_id is not None:
             # The refresh-token family this token came from, so introspection can see its revocation.
             claims["sid"] = session_id
+        if act is not None:
+            claims["act"] = dict(act)
         signer = self._keyring.snapshot.signer
-        return IssuedAccessToken(await self._sign(signer.blocking, signer.sign, claims), self._ttl, jti)
+        return IssuedAccessToken(await self._sign(signer.blocking, signer.sign, claims), exp - now, jti)
 
     async def issue_id_token(
         self, *, subject: str, client_id: str, auth_time: int, session_id: str | None, nonce: str | None,

@@ -14,6 +14,8 @@ from tessera.server.oauth.grants.base import Grant, TokenRequest
 from tessera.server.oauth.grants.client_credentials import ClientCredentialsGrant
 from tessera.server.oauth.grants.password import PasswordGrant
 from tessera.server.oauth.grants.refresh_token import RefreshTokenGrant
+from tessera.server.oauth.grants.token_exchange import TokenExchangeGrant
+from tessera.server.oauth.introspection import AccessTokenReader
 from tessera.server.oauth.password_check import PasswordCheck
 from tessera.server.oauth.tokens import AccessTokenIssuer
 from tessera.server.store.sign_in import SignInStore
@@ -26,12 +28,14 @@ def build_grants(
     passwords: PasswordCheck,
     codes: SignInStore,
     clock: Callable[[], float],
+    reader: AccessTokenReader,
 ) -> dict[str, Grant]:
     grants: list[Grant] = [
         AuthorizationCodeGrant(codes, families, tokens, clock),
         ClientCredentialsGrant(tokens),
         PasswordGrant(passwords, families, tokens, clock),
         RefreshTokenGrant(families, tokens),
+        TokenExchangeGrant(reader, families, tokens, clock),
     ]
     return {grant.grant_type: grant for grant in grants}
 
