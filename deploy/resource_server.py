@@ -9,6 +9,11 @@ Routes:
     GET  /orders   scope orders.read: the caller's orders
     POST /orders   scope orders.write: place an order, JSON {"item": str, "quantity": int}
 
+With SPA_CLIENT_ID set it also serves the example browser app (deploy/spa/, docs/browser-apps.md)
+on its own origin, under a strict Content-Security-Policy, so the app calls /me without CORS:
+    GET  /, /callback   the app's page (the second is its redirect URI)
+    GET  /app.js, /app.css, /config.json   its script, its stylesheet, and where Tessera is
+
 Settings (environment variables):
     TESSERA_ISSUER      required: Tessera's issuer URL (the `iss` of its tokens)
     RESOURCE_AUDIENCE   required: this server's identifier (the `aud` its tokens must carry)
@@ -16,6 +21,9 @@ Settings (environment variables):
     RESOURCE_PORT       listen port, default 8081 (0 picks a free one)
     ALGORITHMS          accepted JWS algorithms, comma- or space-separated, default ES256
     TESSERA_JWKS_URL    optional: the JWKS URL, instead of discovering it from the issuer
+    SPA_CLIENT_ID       optional: serve the example browser app, signing in as this client
+    SPA_TESSERA_URL     optional: where browsers reach Tessera, default TESSERA_ISSUER
+    SPA_SCOPE           optional: the scope the app asks for, default "openid"
 
 A bad setting stops the start with one line naming the variable. The bound address is printed on
 stdout as "listening on http://HOST:PORT" once requests can be served. SIGTERM or SIGINT stops it.
@@ -29,9 +37,11 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -42,6 +52,13 @@ from tessera.keys.jwks_cache import ASYMMETRIC_ALGORITHMS
 log = logging.getLogger("resource_server")
 
 
+# The example browser app (SPA_CLIENT_ID), served from deploy/spa/.
+SPA_DIR = Path(__file__).resolve().with_name("spa")
+SPA_FILES = {"/": "index.html", "/callback": "index.html", "/app.js": "app.js", "/app.css": "app.css"}
+SPA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+SPA_PATHS = frozenset({*SPA_FILES, "/config.json"})  # they need no token
+
+
 @dataclass(frozen=True)
 class Settings:
     issuer: str
@@ -50,6 +67,9 @@ class Settings:
     port: int
     algorithms: tuple[str, ...]
     jwks_url: str | None
+    spa_client_id: str | None = None
+    spa_tessera_url: str = ""
+    spa_scope: str = "openid"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -71,6 +91,12 @@ class Settings:
         refused = [alg for alg in algorithms if alg not in ASYMMETRIC_ALGORITHMS]
         if refused or not algorithms:
             raise ValueError(f"ALGORITHMS must name public-key algorithms ({', '.join(sorted(ASYMMETRIC_ALGORITHMS))})")
+        spa_client_id = environ.get("SPA_CLIENT_ID", "").strip() or None
+        if spa_client_id is not None and not all((SPA_DIR / name).is_file() for name in SPA_FILES.values()):
+            raise ValueError(f"SPA_CLIENT_ID is set, but the example app is not in {SPA_DIR}")
+        tessera_url = environ.get("SPA_TESSERA_URL", "").strip().rstrip("/") or issuer
+        if not tessera_url.startswith(("https://", "http://")):
+            raise ValueError("SPA_TESSERA_URL must be an http(s) URL")
         return cls(
             issuer=issuer,
             audience=required("RESOURCE_AUDIENCE"),
@@ -78,6 +104,9 @@ class Settings:
             port=int(port_text),
             algorithms=algorithms,
             jwks_url=environ.get("TESSERA_JWKS_URL", "").strip() or None,
+            spa_client_id=spa_client_id,
+            spa_tessera_url=tessera_url,
+            spa_scope=" ".join(environ.get("SPA_SCOPE", "openid").split()) or "openid",
         )
 
 
@@ -115,6 +144,43 @@ async def place_order(request: web.Request) -> web.Response:
     return web.json_response(order, status=201)
 
 
+def add_spa_routes(app: web.Application, settings: Settings) -> None:
+    """Serve the example browser app (SPA_PATHS)."""
+    tessera = urlsplit(settings.spa_tessera_url)
+    headers = {
+        # Its own script and stylesheet only, and fetch() to itself and to Tessera; nothing inline.
+        "Content-Security-Policy": (
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+            f"connect-src 'self' {tessera.scheme}://{tessera.netloc}; base-uri 'none'; form-action 'none'; "
+            "frame-ancestors 'none'"
+        ),
+        # /callback carries the authorization code in its address: never in a Referer.
+        "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-store",
+    }
+    config = {
+        "issuer": settings.issuer, "tessera": settings.spa_tessera_url, "client_id": settings.spa_client_id,
+        "scope": settings.spa_scope,
+    }
+
+    def static(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        body = (SPA_DIR / name).read_bytes()
+        content_type = SPA_TYPES[Path(name).suffix]
+
+        async def serve_file(request: web.Request) -> web.Response:
+            return web.Response(body=body, content_type=content_type, charset="utf-8", headers=headers)
+
+        return serve_file
+
+    async def serve_config(request: web.Request) -> web.Response:
+        return web.json_response(config, headers=headers)
+
+    for path, name in SPA_FILES.items():
+        app.router.add_get(path, static(name))
+    app.router.add_get("/config.json", serve_config)
+
+
 def create_app(settings: Settings) -> web.Application:
     verifier = Verifier(
         issuer=settings.issuer,
@@ -122,7 +188,11 @@ def create_app(settings: Settings) -> web.Application:
         algorithms=settings.algorithms,
         jwks_url=settings.jwks_url,
     )
-    app = web.Application(middlewares=[bearer_auth_middleware(verifier, realm="orders", public_paths={"/health"})])
+    spa = settings.spa_client_id is not None
+    public_paths = {"/health", *(SPA_PATHS if spa else ())}
+    app = web.Application(middlewares=[bearer_auth_middleware(verifier, realm="orders", public_paths=public_paths)])
+    if spa:
+        add_spa_routes(app, settings)
     app[VERIFIER_KEY] = verifier
     app[ORDERS_KEY] = {}
     app.router.add_get("/health", health)

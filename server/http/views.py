@@ -21,8 +21,7 @@ from tessera.server.oauth.grants import TokenRequest
 from tessera.server.ops.metrics import CONTENT_TYPE, METRICS, Metrics
 from tessera.server.http.limits import Handler, client_address, with_deadline
 from tessera.server.http.cors import (
-    CLIENT_PATHS, REGISTERED_ORIGINS, RegisteredOrigins, labelling_for_origin, looking_up_origin, preflight_answer,
-    registered_preflight,
+    CLIENT_PATHS, REGISTERED_ORIGINS, RegisteredOrigins, for_registered_origins, preflight_answer, registered_preflight,
 )
 from tessera.server.http.browser_cookie import REFRESH_COOKIES, RefreshCookies, cleared, cookie_refresh_token
 from tessera.server.http.answering import LOG_FIELDS, NO_STORE, answering, json_response
@@ -280,10 +279,9 @@ def add_routes(app: web.Application, series: Metrics, cors_origins: frozenset[st
     for path, methods in routes.items():
         resource = app.router.add_resource(path)
         for method, handler in methods.items():
+            answered = answering(path, handler, series)
             if path in CLIENT_PATHS:  # CORS for the origins registered with clients (tessera.server.http.cors)
-                answered = labelling_for_origin(answering(path, looking_up_origin(handler), series))
-            else:
-                answered = answering(path, handler, series)
+                answered = for_registered_origins(answered)
             resource.add_route(method, answered)
             if method == "GET":
                 resource.add_route("HEAD", answered)
