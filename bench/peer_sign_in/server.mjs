@@ -17,7 +17,16 @@
 // the same order. The login pages are not driven here: oidc-provider leaves them to the app.
 // Run with --expose-gc: a full collection then follows each minting, outside the timed runs.
 // Env: PORT (default 3000), ADMIN_PORT (default PORT+1), CLIENT_ID, CLIENT_SECRET, REDIRECT_URI.
+//
+// With PKJWT_JWKS_FILE set (bench/bench_pkjwt.py, the endpoint cc_pkjwt), a second client as well,
+// PKJWT_CLIENT_ID (default bench-pkjwt): client_credentials only, token_endpoint_auth_method
+// private_key_jwt with token_endpoint_auth_signing_alg ES256, its public JWK Set inline (the
+// file's), scope "api.read"; features.clientCredentials is enabled for it, and its access tokens
+// are the same ES256 JWTs for https://api.example.com (resourceIndicators' default resource). The
+// assertions' jti are recorded by the library's ReplayDetection, in the same in-memory store.
+// Without PKJWT_JWKS_FILE nothing changes.
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -48,6 +57,20 @@ const store = {
   has: (key) => lru.has(key),
 };
 
+const PKJWT_JWKS_FILE = process.env.PKJWT_JWKS_FILE || '';
+const PKJWT_CLIENT_ID = process.env.PKJWT_CLIENT_ID || 'bench-pkjwt';
+const extraClients = PKJWT_JWKS_FILE ? [{
+  client_id: PKJWT_CLIENT_ID,
+  token_endpoint_auth_method: 'private_key_jwt',
+  token_endpoint_auth_signing_alg: 'ES256',
+  jwks: JSON.parse(fs.readFileSync(PKJWT_JWKS_FILE, 'utf8')),
+  grant_types: ['client_credentials'],
+  response_types: [],
+  redirect_uris: [],
+  scope: 'api.read',
+  id_token_signed_response_alg: 'ES256', // the metadata's default, RS256, has no key here
+}] : [];
+
 const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
 const jwk = { ...privateKey.export({ format: 'jwk' }), kid: 'es256-bench-sign-in', alg: 'ES256', use: 'sig' };
 
@@ -62,7 +85,7 @@ const provider = new Provider(ISSUER, {
     redirect_uris: [REDIRECT_URI],
     scope: SCOPE,
     id_token_signed_response_alg: 'ES256',
-  }],
+  }, ...extraClients],
   jwks: { keys: [jwk] },
   scopes: ['openid', 'api.read'],
   rotateRefreshToken: true,
@@ -80,6 +103,7 @@ const provider = new Provider(ISSUER, {
   },
   features: {
     devInteractions: { enabled: false },
+    ...(PKJWT_JWKS_FILE ? { clientCredentials: { enabled: true } } : {}),
     resourceIndicators: {
       enabled: true,
       defaultResource: async () => RESOURCE,
