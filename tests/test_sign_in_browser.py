@@ -33,14 +33,36 @@ pytest.importorskip(
     "selenium.webdriver", reason="selenium is not installed (it is in the `test` extra: pip install -e '.[test]')"
 )
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException, TimeoutException, WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from tests.helpers import PASSWORD, SECRET, basic, served, tessera_server  # noqa: E402
+
+# While a page is being replaced, Chromium may report an element of the old one as stale, or as a
+# bare "Node with given id does not belong to the document": both mean "not there any more".
+GONE = (StaleElementReferenceException, WebDriverException)
+
+
+def waiting(driver: Any) -> Any:
+    return WebDriverWait(driver, WAIT, ignored_exceptions=GONE)
+
+
+def replaced(element: Any) -> Any:
+    """A wait condition: ``element``'s page has been replaced."""
+
+    def check(_driver: Any) -> bool:
+        try:
+            element.is_enabled()
+        except GONE:
+            return True
+        return False
+
+    return check
 from tests.sign_in_helpers import pkce_pair  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -193,7 +215,7 @@ class Chromium:
 
     def wait_for_heading(self, text: str) -> None:
         try:
-            WebDriverWait(self.driver, WAIT).until(
+            waiting(self.driver).until(
                 lambda d: any(h.text == text for h in d.find_elements(By.TAG_NAME, "h1"))
             )
         except TimeoutException:
@@ -226,7 +248,7 @@ class Chromium:
         """Click a button and wait for the next page (headed ``then``) to replace this one."""
         page = self.driver.find_element(By.TAG_NAME, "html")
         self.button(button).click()
-        WebDriverWait(self.driver, WAIT).until(staleness_of(page))
+        waiting(self.driver).until(replaced(page))
         self.wait_for_heading(then)
 
     def sign_in(self, username: str, password: str, then: str) -> None:
@@ -343,7 +365,7 @@ async def test_the_login_page_cannot_be_framed(env, clock, admin, tmp_path):
                 browser.wait_for_heading("Another site")
                 # The server answers the frame's request; Chromium refuses to show the answer.
                 try:
-                    WebDriverWait(browser.driver, WAIT).until(
+                    waiting(browser.driver).until(
                         lambda _: any("frame-ancestors 'none'" in m for m in browser.csp_violations())
                     )
                 except TimeoutException:
@@ -493,7 +515,7 @@ async def test_signing_out_after_confirming_returns_to_the_app(env, clock, admin
                 }))
                 browser.wait_for_heading("Sign out?")
                 browser.button("Sign out").click()
-                WebDriverWait(browser.driver, WAIT).until(
+                waiting(browser.driver).until(
                     lambda d: d.current_url.startswith(s.app_base + "/") or browser.csp_violations()
                 )
                 assert browser.csp_violations() == []
