@@ -211,24 +211,18 @@ def _not_routed(endpoints: dict[str, tuple[str, ...]], cors_origins: frozenset[s
     return not_routed
 
 
-async def authorize(request: web.Request) -> web.StreamResponse:
-    pages = request.app[SERVICES].pages
-    return await pages.guarded(with_deadline(pages.authorize))(request)
+def _page(name: str) -> Handler:
+    """The page view ``name`` of ``Pages``, bounded by the request deadline inside the page's own
+    error handling, so that a deadline, too, is answered as an HTML page."""
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        pages = request.app[SERVICES].pages
+        return await pages.guarded(with_deadline(getattr(pages, name)))(request)
+
+    return page
 
 
-async def login(request: web.Request) -> web.StreamResponse:
-    pages = request.app[SERVICES].pages
-    return await pages.guarded(with_deadline(pages.login))(request)
-
-
-async def consent(request: web.Request) -> web.StreamResponse:
-    pages = request.app[SERVICES].pages
-    return await pages.guarded(with_deadline(pages.consent))(request)
-
-
-async def logout(request: web.Request) -> web.StreamResponse:
-    pages = request.app[SERVICES].pages
-    return await pages.guarded(with_deadline(pages.logout))(request)
+authorize, login, consent, logout = (_page(name) for name in ("authorize", "login", "consent", "logout"))
 
 
 async def stylesheet(request: web.Request) -> web.StreamResponse:
