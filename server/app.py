@@ -13,6 +13,7 @@ from aiohttp import web
 
 from tessera.keys.kek import KekRing
 from tessera.keys.keyring import Keyring
+from tessera.server.clients_file import apply_at_start
 from tessera.server.store import db
 from tessera.server.ops import metrics
 from tessera.server.oauth.client_auth import ClientAuthenticator, VerifiedSecretCache
@@ -69,10 +70,12 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
 
 
 async def prepare_database(pool: asyncpg.Pool, settings: Settings, keks: KekRing, clock: Callable[[], float]) -> None:
-    """Migrate and make the first keys: idempotent, so instances starting together are safe."""
+    """Migrate, make the first keys and apply TESSERA_CLIENTS_FILE: idempotent, so instances
+    starting together are safe."""
     async with pool.acquire() as connection:
         await db.migrate(connection)
     await key_lifecycle(settings, PgKeyStore(pool), keks, clock).prepare()
+    await apply_at_start(pool, settings)
 
 
 @contextlib.asynccontextmanager

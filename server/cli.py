@@ -10,13 +10,13 @@ import argparse
 import asyncio
 import functools
 import json
-import re
 import secrets
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import asyncpg
@@ -30,10 +30,11 @@ from tessera.server.ops import events
 from tessera.server.tasks.janitor import collect_garbage
 from tessera.server.tasks.key_scheduler import key_lifecycle, key_policy
 from tessera.server.oauth.passwords import SecretHasher
-from tessera.server.http.cors import origin_problem
-from tessera.server.oauth.authorization import registered_redirect_uri_problem
-from tessera.server.oauth.client_assertions import PRIVATE_KEY_JWT, jwks_uri_problem, registered_jwks
-from tessera.server.oauth.grants.token_exchange import GRANT_TYPE as TOKEN_EXCHANGE
+from tessera.server.oauth.client_assertions import jwks_uri_problem, registered_jwks
+from tessera.server.clients_file import (
+    AUTH_METHODS, GRANT_TYPES, MIN_SECRET_LENGTH, ClientFields, ClientsFileError, RegistrationError, apply_clients,
+    check_registration, load_clients_file, one_line_secret, secret_problem, split_words,
+)
 from tessera.server.settings import Settings, SettingsError, load_settings
 from tessera.server.store import ClientStore, PgKeyStore, UserStore
 from tessera.server.store.clients import ClientExists
@@ -41,10 +42,6 @@ from tessera.server.store.families import FamilyStore
 from tessera.server.store.keys import RewrapError
 from tessera.server.store.users import InvalidUsername, UserExists, canonical_username, check_new_username
 
-GRANT_TYPES = ("client_credentials", "password", "refresh_token", "authorization_code", TOKEN_EXCHANGE)
-_SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._~:@-]{1,128}$")
-MIN_SECRET_LENGTH = 16
 # The shortest password `users create` and `users set-password` accept, in characters (NIST SP
 # 800-63B-3 section 5.1.1.2: a chosen memorized secret has at least 8). Only setting a password is
 # held to it: a login with a shorter password set before it still works.
@@ -60,28 +57,13 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def _read_stdin_secret(what: str) -> str:
-    value = sys.stdin.read()
-    if value.endswith("\n"):
-        value = value[:-1]
-        if value.endswith("\r"):
-            value = value[:-1]
+    value = one_line_secret(sys.stdin.read())
     if not value:
         raise CommandError(f"no {what} on standard input")
-    if any(ch < " " or ch == "\x7f" for ch in value):
-        raise CommandError(f"the {what} contains control characters")
-    if len(value) > 1024:
-        raise CommandError(f"the {what} is longer than 1024 characters")
+    problem = secret_problem(value, what)
+    if problem is not None:
+        raise CommandError(problem)
     return value
-
-
-def _split_list(raw: str, what: str, pattern: re.Pattern[str] | None = None) -> list[str]:
-    items = list(dict.fromkeys(raw.replace(",", " ").split()))
-    for item in items:
-        if pattern is not None and not pattern.match(item):
-            raise CommandError(f"{what}: {item!r} is not allowed")
-        if any(ch < " " for ch in item):
-            raise CommandError(f"{what}: control characters are not allowed")
-    return items
 
 
 def _with_database(settings: Settings, action: Callable[[Any, db.Database], Awaitable[int]]) -> int:
@@ -106,21 +88,32 @@ def _with_store(settings: Settings, action: Callable[[Any], Awaitable[int]]) -> 
 
 # --- clients -----------------------------------------------------------------------------------
 
-AUTH_METHODS = ("client_secret_basic", "client_secret_post", PRIVATE_KEY_JWT, "none")
+# How `clients create` names each field of the registration rules (tessera.server.clients_file).
+_CREATE_FLAGS = {
+    "client_id": "CLIENT_ID", "jwks": "--jwks-file", "public": "--public", "client_secret": "--secret-stdin",
+}
+
+
+def _create_flag(field: str) -> str:
+    return _CREATE_FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def _jwks_document(path: str) -> object:
+    """The JSON of ``--jwks-file`` (checked as a JWK Set by the registration rules)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except OSError as exc:
+        raise CommandError(f"--jwks-file: cannot read {path}: {exc.strerror}") from None
+    except (ValueError, RecursionError):
+        raise CommandError(f"--jwks-file: {path} is not JSON") from None
 
 
 def _client_keys(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str | None]:
     """A private_key_jwt client's public keys from ``--jwks-file`` or ``--jwks-uri``; (None, None) for neither."""
     if args.jwks_file is not None:
         try:
-            with open(args.jwks_file, encoding="utf-8") as handle:
-                document = json.load(handle)
-        except OSError as exc:
-            raise CommandError(f"--jwks-file: cannot read {args.jwks_file}: {exc.strerror}") from None
-        except (ValueError, RecursionError):
-            raise CommandError(f"--jwks-file: {args.jwks_file} is not JSON") from None
-        try:
-            return registered_jwks(document), None
+            return registered_jwks(_jwks_document(args.jwks_file)), None
         except ValueError as exc:
             raise CommandError(f"--jwks-file: {exc}") from None
     if args.jwks_uri is not None:
@@ -131,65 +124,43 @@ def _client_keys(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str |
     return None, None
 
 
-def _auth_method(args: argparse.Namespace, keys_given: bool) -> str:
-    """--token-endpoint-auth-method, or what the other flags imply; --public is ``none``."""
-    method: str | None = args.token_endpoint_auth_method
-    if method is None:
-        method = "none" if args.public else PRIVATE_KEY_JWT if keys_given else "client_secret_basic"
-    if args.public and method != "none":
-        raise CommandError(f"--public is --token-endpoint-auth-method none, not {method}")
-    if keys_given and method != PRIVATE_KEY_JWT:
-        raise CommandError("--jwks-file and --jwks-uri are for --token-endpoint-auth-method private_key_jwt")
-    if method == PRIVATE_KEY_JWT and not keys_given:
-        raise CommandError("a private_key_jwt client needs its public keys: --jwks-file or --jwks-uri")
-    if method == PRIVATE_KEY_JWT and args.secret_stdin:
-        raise CommandError("a private_key_jwt client has no secret; drop --secret-stdin")
-    return method
-
-
 def clients_create(args: argparse.Namespace, settings: Settings) -> int:
-    if not _CLIENT_ID.match(args.client_id):
-        raise CommandError("CLIENT_ID: 1-128 characters from A-Z a-z 0-9 . _ ~ : @ -")
-    jwks, jwks_uri = _client_keys(args)
-    auth_method = _auth_method(args, jwks is not None or jwks_uri is not None)
-    args.public = auth_method == "none"
-    grant_types = _split_list(args.grant_types, "--grant-types")
-    unknown = [g for g in grant_types if g not in GRANT_TYPES]
-    if unknown or not grant_types:
-        raise CommandError(f"--grant-types: choose from {', '.join(GRANT_TYPES)}")
-    if args.public and "client_credentials" in grant_types:
-        raise CommandError("a public client cannot use client_credentials (RFC 6749 section 4.4)")
-    if "refresh_token" in grant_types and not {"password", "authorization_code"} & set(grant_types):
-        raise CommandError("refresh_token needs a grant that issues refresh tokens (authorization_code or password)")
-    redirect_uris = _split_list(args.redirect_uris, "--redirect-uris")
-    for uri in redirect_uris:
-        problem = registered_redirect_uri_problem(uri)
-        if problem is not None:
-            raise CommandError(f"--redirect-uris: {uri!r} {problem}")
-    if "authorization_code" in grant_types and not redirect_uris:
-        raise CommandError("--redirect-uris: a client with authorization_code needs at least one")
-    scopes = _split_list(args.scopes, "--scopes", _SCOPE)
-    audiences = _split_list(args.audiences, "--audiences")
-    if not audiences:
-        raise CommandError("--audiences: at least one audience is required (it becomes the tokens' aud)")
-    if args.public and args.secret_stdin:
-        raise CommandError("a public client has no secret; drop --secret-stdin")
-    exchange_from = _exchange_from(args, grant_types)
-    allowed_origins = _allowed_origins(args, grant_types)
+    asked = ClientFields(
+        client_id=args.client_id,
+        grant_types=split_words(args.grant_types),
+        scopes=split_words(args.scopes),
+        audiences=split_words(args.audiences),
+        redirect_uris=split_words(args.redirect_uris),
+        first_party=args.first_party,
+        allowed_origins=split_words(args.allowed_origins),
+        refresh_token_cookie=args.refresh_token_cookie,
+        token_endpoint_auth_method=args.token_endpoint_auth_method,
+        public=args.public,
+        jwks=_jwks_document(args.jwks_file) if args.jwks_file is not None else None,
+        jwks_uri=args.jwks_uri,
+        exchange_from=split_words(args.exchange_from),
+        has_secret=args.secret_stdin,
+    )
+    try:
+        registration = check_registration(asked, _create_flag)
+    except RegistrationError as exc:
+        raise CommandError(str(exc)) from None
     secret: str | None = None
-    if not args.public and auth_method != PRIVATE_KEY_JWT:
+    if registration.has_secret:
         secret = _read_stdin_secret("client secret") if args.secret_stdin else "tsc_" + secrets.token_urlsafe(32)
         if len(secret) < MIN_SECRET_LENGTH:
             raise CommandError(f"the client secret must be at least {MIN_SECRET_LENGTH} characters")
     secret_hash = SecretHasher(settings.argon2).hash_sync(secret) if secret is not None else None
 
     async def action(pool: Any) -> int:
+        r = registration
         try:
             client = await ClientStore(pool).create(
-                args.client_id, secret_hash=secret_hash, grant_types=grant_types, scopes=scopes, audiences=audiences,
-                redirect_uris=redirect_uris, first_party=args.first_party, exchange_from=exchange_from,
-                token_endpoint_auth_method=auth_method, jwks=jwks, jwks_uri=jwks_uri,
-                allowed_origins=allowed_origins, refresh_token_cookie=args.refresh_token_cookie,
+                r.client_id, secret_hash=secret_hash, grant_types=list(r.grant_types), scopes=list(r.scopes),
+                audiences=list(r.audiences), redirect_uris=list(r.redirect_uris), first_party=r.first_party,
+                exchange_from=list(r.exchange_from), token_endpoint_auth_method=r.token_endpoint_auth_method,
+                jwks=r.jwks, jwks_uri=r.jwks_uri, allowed_origins=list(r.allowed_origins),
+                refresh_token_cookie=r.refresh_token_cookie,
             )
         except ClientExists:
             raise CommandError(f"client {args.client_id!r} already exists") from None
@@ -207,35 +178,27 @@ def clients_create(args: argparse.Namespace, settings: Settings) -> int:
     return _with_store(settings, action)
 
 
-def _allowed_origins(args: argparse.Namespace, grant_types: list[str]) -> list[str]:
-    """A browser app's origins (--allowed-origins), and whether its refresh token goes in the
-    HttpOnly cookie (--refresh-token-cookie): only a public client, called from those origins."""
-    origins = _split_list(args.allowed_origins, "--allowed-origins")
-    for origin in origins:
-        problem = origin_problem(origin)
-        if problem is not None:
-            raise CommandError(f"--allowed-origins: {origin!r} {problem}")
-    if args.refresh_token_cookie and not args.public:
-        raise CommandError("--refresh-token-cookie is for a public client (--public): a browser app")
-    if args.refresh_token_cookie and not origins:
-        raise CommandError("--refresh-token-cookie needs --allowed-origins: the origins its pages run on")
-    if args.refresh_token_cookie and "refresh_token" not in grant_types:
-        raise CommandError("--refresh-token-cookie needs the grant type refresh_token")
-    return origins
+def clients_apply(args: argparse.Namespace, settings: Settings) -> int:
+    """Clients as code: make the registered clients match a TOML file (tessera.server.clients_file).
+    Checked whole before the database is touched; never prints a secret."""
+    try:
+        desired = load_clients_file(Path(args.file))
+    except ClientsFileError as exc:
+        raise CommandError(str(exc)) from None
 
+    async def action(pool: Any) -> int:
+        hasher = SecretHasher(settings.argon2, threads=1)
+        try:
+            applied = await apply_clients(pool, desired, hasher, prune=args.prune)
+        except ClientsFileError as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            hasher.close()
+        lines = [f"{done} {client_id}" for client_id, done in sorted(applied.outcome.items()) if done != "unchanged"]
+        _emit(args, applied.as_dict(), "\n".join([*lines, applied.summary()]))
+        return 0
 
-def _exchange_from(args: argparse.Namespace, grant_types: list[str]) -> list[str]:
-    """RFC 8693: the audiences of the access tokens the client may exchange; only with the grant."""
-    exchange_from = _split_list(args.exchange_from, "--exchange-from")
-    if TOKEN_EXCHANGE not in grant_types:
-        if exchange_from:
-            raise CommandError(f"--exchange-from needs the grant type {TOKEN_EXCHANGE}")
-        return exchange_from
-    if args.public:
-        raise CommandError("a public client cannot use token exchange: the actor authenticates (RFC 8693 section 5)")
-    if not exchange_from:
-        raise CommandError("--exchange-from: a client with token exchange needs the audiences it may exchange from")
-    return exchange_from
+    return _with_store(settings, action)
 
 
 def clients_set_jwks(args: argparse.Namespace, settings: Settings) -> int:
@@ -657,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--refresh-token-cookie", action="store_true",
         help="a public browser app: its refresh token in an HttpOnly cookie, never in the JSON (docs/browser-apps.md)",
     )
+    apply = command(clients, "apply", clients_apply, "make the clients match a TOML file (clients as code)")
+    apply.add_argument("file", metavar="FILE", help="one [[client]] table per client (docs/operations.md)")
+    apply.add_argument("--prune", action="store_true", help="also delete the clients the file does not name")
     command(clients, "list", clients_list, "list clients")
     show = command(clients, "show", clients_show, "show one client")
     show.add_argument("client_id", metavar="ID")

@@ -45,6 +45,7 @@ from tessera.server.store import db
 from tessera.server.ops import logs
 from tessera.server.ops import metrics
 from tessera.server.app import create_app, prepare_database
+from tessera.server.clients_file import load_setting_file
 from tessera.server.http.answering import AnsweringRunner
 from tessera.server.ops.metrics import METRICS
 from tessera.server.services import SERVICES
@@ -68,6 +69,7 @@ def serve(settings: Settings) -> int:
     logs.configure()
     ensure_port_free(settings.host, settings.port)  # a refusal is the only line on stderr
     check_development_kek(settings)
+    load_setting_file(settings)  # a bad clients file stops the start before the database is touched
     if settings.workers > 1:
         return Supervisor(settings).run()
     if given := os.environ.get(metrics.MULTIPROC_ENV):
@@ -223,8 +225,9 @@ class Supervisor:
         settings = self.settings
         with db.open_database(settings) as database:
             asyncio.run(self._prepare(database))
+            # The clients file was applied here (prepare_database): the workers need not again.
             worker_settings = dataclasses.replace(
-                settings, database_url=database.dsn, key_encryption_key=database.kek
+                settings, database_url=database.dsn, key_encryption_key=database.kek, clients_file=None
             )
             with _multiprocess_dir(os.environ.get(metrics.MULTIPROC_ENV)) as metrics_dir:
                 # Spawned workers inherit it and import prometheus-client with it set.

@@ -74,6 +74,8 @@ class Settings:
     authorization_code_ttl: int = 60
     login_session_ttl: int = 28800
     templates_dir: Path | None = None
+    # Clients as code: a TOML file of clients applied at every start (tessera.server.clients_file).
+    clients_file: Path | None = None
 
     @property
     def embedded_database(self) -> bool:
@@ -92,6 +94,16 @@ def _directory(env: Mapping[str, str], name: str) -> Path | None:
     path = Path(text).expanduser().absolute()
     if not path.is_dir():
         raise SettingsError(f"{name}: {text!r} is not a directory")
+    return path
+
+
+def _file(env: Mapping[str, str], name: str) -> Path | None:
+    text = _text(env, name, None)
+    if text is None:
+        return None
+    path = Path(text).expanduser().absolute()
+    if not path.is_file():
+        raise SettingsError(f"{name}: {text!r} is not a file")
     return path
 
 
@@ -321,4 +333,5 @@ def load_settings(
         authorization_code_ttl=_int(env, "TESSERA_AUTHORIZATION_CODE_TTL", 60, 1, 600),
         login_session_ttl=_int(env, "TESSERA_LOGIN_SESSION_TTL", 28800, 0, 10 * year),
         templates_dir=_directory(env, "TESSERA_TEMPLATES_DIR"),
+        clients_file=_file(env, "TESSERA_CLIENTS_FILE"),
     )

@@ -94,6 +94,31 @@ class ClientExists(Exception):
     pass
 
 
+# Any fixed 64-bit number: whoever applies a clients file (`tessera clients apply`, a start with
+# TESSERA_CLIENTS_FILE) holds it for the transaction, so instances starting together apply it in
+# turn and the later ones find nothing to change.
+CLIENTS_FILE_LOCK_ID = 0x7E55E4A_0002
+
+
+@dataclass(frozen=True, slots=True)
+class ClientChange:
+    """Every stored field of a client but its dates: a whole client as a clients file gives it."""
+
+    client_id: str
+    secret_hash: str | None
+    grant_types: list[str]
+    scopes: list[str]
+    audiences: list[str]
+    redirect_uris: list[str]
+    first_party: bool
+    token_endpoint_auth_method: str
+    jwks: Mapping[str, Any] | None
+    jwks_uri: str | None
+    exchange_from: list[str]
+    allowed_origins: list[str]
+    refresh_token_cookie: bool
+
+
 class ClientStore:
     def __init__(self, db: asyncpg.Pool | asyncpg.Connection) -> None:
         self._db = db
@@ -177,8 +202,51 @@ class ClientStore:
         )
         return {row["origin"]: row["cookie"] for row in rows}
 
-    async def list(self) -> list[Client]:
-        return [_client(r) for r in await self._db.fetch(f"SELECT {_COLUMNS} FROM clients ORDER BY client_id")]
+    async def list(self, *, for_update: bool = False) -> list[Client]:
+        """Every client; ``for_update`` (in a transaction) locks the rows until it ends."""
+        lock = " FOR NO KEY UPDATE" if for_update else ""
+        return [_client(r) for r in await self._db.fetch(f"SELECT {_COLUMNS} FROM clients ORDER BY client_id{lock}")]
+
+    async def lock_for_apply(self) -> None:
+        """Wait for any other apply of a clients file to commit; held until this transaction ends."""
+        await self._db.execute("SELECT pg_advisory_xact_lock($1)", CLIENTS_FILE_LOCK_ID)
+
+    async def create_from(self, change: ClientChange) -> Client:
+        return await self.create(
+            change.client_id, secret_hash=change.secret_hash, grant_types=change.grant_types, scopes=change.scopes,
+            audiences=change.audiences, redirect_uris=change.redirect_uris, first_party=change.first_party,
+            token_endpoint_auth_method=change.token_endpoint_auth_method, jwks=change.jwks, jwks_uri=change.jwks_uri,
+            exchange_from=change.exchange_from, allowed_origins=change.allowed_origins,
+            refresh_token_cookie=change.refresh_token_cookie,
+        )
+
+    async def update_from(self, change: ClientChange, *, new_credentials: bool) -> bool:
+        """Replace every field of an existing client at once (the table's checks see the result);
+        False if there is no such client. ``new_credentials`` moves ``secret_changed_at``, so a
+        sign-in that authenticated the client as it was makes no family (FamilyStore.create)."""
+        updated = await self._db.fetchval(
+            "UPDATE clients SET secret_hash = $2, is_public = $3, grant_types = $4, scopes = $5, audiences = $6,"
+            " redirect_uris = $7, first_party = $8, token_endpoint_auth_method = $9, jwks = $10::jsonb,"
+            " jwks_uri = $11, exchange_from = $12, allowed_origins = $13, refresh_token_cookie = $14,"
+            " secret_changed_at = CASE WHEN $15 THEN now() ELSE secret_changed_at END"
+            " WHERE client_id = $1 RETURNING true",
+            change.client_id,
+            change.secret_hash,
+            change.token_endpoint_auth_method == "none",
+            change.grant_types,
+            change.scopes,
+            change.audiences,
+            change.redirect_uris,
+            change.first_party,
+            change.token_endpoint_auth_method,
+            json.dumps(change.jwks) if change.jwks is not None else None,
+            change.jwks_uri,
+            change.exchange_from,
+            change.allowed_origins,
+            change.refresh_token_cookie,
+            new_credentials,
+        )
+        return updated is True
 
     async def delete(self, client_id: str) -> bool:
         return await self._db.fetchval("DELETE FROM clients WHERE client_id = $1 RETURNING true", client_id) is True

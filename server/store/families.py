@@ -244,6 +244,22 @@ class FamilyStore:
     async def revoke_client_families(self, client_id: str, reason: str) -> int:
         return await self._revoke_where("client_id", client_id, reason)
 
+    async def revoke_client_families_beyond(
+        self, client_id: str, scopes: Sequence[str], audiences: Sequence[str], reason: str
+    ) -> int:
+        """Revoke the client's live families that hold a scope outside ``scopes`` or an audience
+        outside ``audiences`` (a client narrowed by a clients file, in the transaction that narrows it)."""
+        count = await self._db.fetchval(
+            "WITH revoked AS (UPDATE refresh_families SET revoked_at = now(), revoked_reason = $4"
+            " WHERE client_id = $1 AND revoked_at IS NULL AND (NOT scopes <@ $2::text[] OR audience <> ALL ($3::text[]))"
+            " RETURNING 1) SELECT count(*) FROM revoked",
+            client_id,
+            list(scopes),
+            list(audiences),
+            reason,
+        )
+        return int(count)
+
     async def _revoke_where(self, column: str, value: object, reason: str) -> int:
         assert column in ("user_id", "client_id")
         count = await self._db.fetchval(
