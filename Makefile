@@ -7,16 +7,37 @@ STAMP := $(VENV)/.installed-stamp
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 
-.PHONY: run test typecheck bench install clean
+.PHONY: run test typecheck bench install lock clean
 
-$(STAMP): pyproject.toml
+# Every dependency from the lock (requirements/dev.txt: the extras server, embedded and test, pinned
+# with their hashes), then the project itself without dependencies; `pip check` fails the install
+# when pyproject.toml asks for something the lock lacks (then run `make lock`).
+$(STAMP): pyproject.toml requirements/dev.txt
 	@test -n "$(PYTHON)" || { echo "make: Python 3.11 or newer is required" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[server,embedded,test]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@$(BIN)/python -m pip check >/dev/null || { $(BIN)/python -m pip check; echo "make: requirements/dev.txt does not match pyproject.toml: run make lock" >&2; exit 1; }
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# The lock files, from pyproject.toml (its lower bounds stay there) and requirements/*.in:
+#   requirements/image.txt      the token server's image: the extra `server` (no pgserver)
+#   requirements/verifier.txt   the resource server's image: the base install
+#   requirements/dev.txt        `make install` and CI: the extras server, embedded and test
+# Versions already pinned are kept where they still fit; `make lock UPGRADE=--upgrade` takes the
+# newest of everything. uv comes from the dev lock itself, hash-checked, without the rest.
+LOCK = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command 'make lock' $(UPGRADE)
+lock:
+	@test -n "$(PYTHON)" || { echo "make: Python 3.11 or newer is required" >&2; exit 1; }
+	@test -x $(BIN)/uv || { test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	  awk '/^uv==/ {keep = 1; print; next} keep && /^ / {print; next} {keep = 0}' requirements/dev.txt > $(VENV)/uv-lock.txt; \
+	  $(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(VENV)/uv-lock.txt; }
+	$(LOCK) pyproject.toml requirements/build.in --extra server -o requirements/image.txt
+	$(LOCK) pyproject.toml requirements/build.in -o requirements/verifier.txt
+	$(LOCK) pyproject.toml requirements/dev.in --extra server --extra embedded --extra test -o requirements/dev.txt
 
 run: $(STAMP)
 	$(BIN)/tessera serve
