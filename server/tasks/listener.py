@@ -23,7 +23,9 @@ from tessera.server.store.db import DATABASE_UNAVAILABLE
 from tessera.server.store.keys import KEYS_CHANNEL
 
 LISTEN_CHECK_SECONDS = 30.0
-RECONNECT_MAX_SECONDS = 10.0
+# Capped low: until this connection is back the caches do not answer, so every request pays the
+# database (and argon2) in full; one connection attempt every 2 s per instance is nothing.
+RECONNECT_MAX_SECONDS = 2.0
 APPLICATION_NAME = "tessera-listen"
 
 
