@@ -431,12 +431,12 @@ async def test_while_the_synchronous_standby_is_down_a_refresh_commits_on_the_pr
 ):
     """The other failure: the standby dies. Each commit then waits for it; the client side gives
     up after the statement timeout + 1 s and answers 503, but PostgreSQL has already committed the
-    rotation on the primary (it says so in a WARNING) and cannot take it back. The client's retry
-    with the same token is answered, inside the reuse grace, with the successor that committed
-    (with no grace it would be reuse and revoke the family). Once the standby is back it catches
-    up, and a failover after that loses nothing."""
+    rotation on the primary (it says so in a WARNING) and cannot take it back. Tessera then marks
+    the family (migration 0016), so the client's retry with the same token is answered with the
+    successor that committed, with no reuse grace at all: the 503 changed nothing the client can
+    tell. Once the standby is back it catches up, and a failover after that loses nothing."""
     async with _pair("sync") as pair:
-        env = _env(pair, str(tmp_path / "data"), TESSERA_DB_STATEMENT_TIMEOUT="1")
+        env = _env(pair, str(tmp_path / "data"), TESSERA_DB_STATEMENT_TIMEOUT="1", TESSERA_REFRESH_REUSE_GRACE="0")
         await _prepare(pair, env)
         async with tessera_server(env) as http:
             families = [await _login(http) for _ in range(4)]
@@ -460,6 +460,16 @@ async def test_while_the_synchronous_standby_is_down_a_refresh_commits_on_the_pr
             committed = sum(1 for f in families if stored[f.family_id] == f.generation + 1)
             print(f"\nstandby down: 4 refreshes answered 503 in {elapsed:.1f} s; committed on the primary anyway: {committed}")
 
+            async def marked() -> bool:
+                connection = await asyncpg.connect(pair.primary_dsn)
+                try:
+                    return bool(await connection.fetchval(
+                        "SELECT count(*) = $1 FROM refresh_families WHERE unanswered_generation = generation",
+                        committed))
+                finally:
+                    await connection.close()
+
+            await eventually(marked, timeout=10, interval=0.1, what="the unanswered rotations marked")
             for family in families:  # the client's retry, with the same token
                 status, body = await _refresh(http, family.token)
                 assert status == 200, body

@@ -36,6 +36,7 @@ import asyncpg
 from tessera.server.ops import events
 from tessera.server.oauth.errors import InvalidGrant, InvalidScope, InvalidTarget
 from tessera.server.store import Client, User
+from tessera.server.store.db import DATABASE_UNAVAILABLE
 from tessera.server.store.families import Family, FamilyStore
 from tessera.server.store.sign_in import NewFamily
 from tessera.server.store.secrets import server_secret
@@ -51,6 +52,10 @@ _TOKEN = re.compile(r"^tsr_[A-Za-z0-9_-]{70}$")
 MAX_CHAIN_WALK = 100_000
 # The generation column is a PostgreSQL integer; a token past this has no successor to store.
 MAX_GENERATION = 2**31 - 2
+# How long a failed rotation is looked after (seconds between tries; about 30 s in all): long
+# enough for a failover to promote a standby.
+UNANSWERED_RETRY_DELAYS = (0.05, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+MAX_SETTLING = 1_000
 # Longer walks run in a thread so a forged token naming a long-lived family cannot stall the loop.
 _INLINE_WALK = 1_000
 
@@ -166,6 +171,7 @@ class RefreshFamilies:
         self._absolute = timedelta(seconds=session_ttl)
         self._grace = timedelta(seconds=reuse_grace)
         self._clock = clock
+        self._settling: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
@@ -227,17 +233,25 @@ class RefreshFamilies:
         now = self.now()
         presented = ask.token
         successor = self._chain.successor(presented)
-        rotated = await self._store.rotate(
-            family_id=presented.family_id,
-            generation=presented.generation,
-            current_hash=presented.digest,
-            client_id=ask.client_id,
-            successor_hash=successor.digest,
-            now=now,
-            idle_expires_at=now + self._idle,
-            scopes=ask.scopes,
-            audience=ask.audience,
-        )
+        try:
+            rotated = await self._store.rotate(
+                family_id=presented.family_id,
+                generation=presented.generation,
+                current_hash=presented.digest,
+                client_id=ask.client_id,
+                successor_hash=successor.digest,
+                now=now,
+                idle_expires_at=now + self._idle,
+                scopes=ask.scopes,
+                audience=ask.audience,
+            )
+        except BaseException:
+            # The request fails (the database away, a timeout, the request's deadline), but the
+            # rotation may have committed all the same: its acknowledgement is what was lost. Find
+            # out, and if it did, let the retry have its token (CONTRACT.md: an error answer
+            # changes nothing, now or later).
+            self._settle_unanswered(presented, successor, ask.client_id)
+            raise
         if rotated is not None:
             events.refresh_rotated(ask.client_id)
             return Refreshed(str(successor), rotated, retry=False)
@@ -270,15 +284,37 @@ class RefreshFamilies:
         raise InvalidGrant("refresh token reuse detected; the session is revoked")
 
     def _is_retry(self, presented: RefreshToken, family: Family, now: datetime) -> bool:
-        """FAPI 2.0's lost response: the token just before the current one, within the grace.
+        """FAPI 2.0's lost response: the token just before the current one, within the grace, or
+        whenever the rotation that made the current one was answered with an error.
 
         The current token cannot have been used yet, or the family would be a generation further
         and the presented token two behind."""
-        return (
-            self._grace > timedelta(0)
-            and presented.generation == family.generation - 1
-            and now - family.last_rotated_at <= self._grace
+        return presented.generation == family.generation - 1 and (
+            family.unanswered_generation == family.generation
+            or (self._grace > timedelta(0) and now - family.last_rotated_at <= self._grace)
         )
+
+    def _settle_unanswered(self, presented: RefreshToken, successor: RefreshToken, client_id: str) -> None:
+        """In the background: mark the family if the failed request's rotation committed."""
+        if len(self._settling) >= MAX_SETTLING:
+            return  # the database is failing many requests at once: keep its load bounded
+        task = asyncio.get_running_loop().create_task(self._mark_unanswered(presented, successor, client_id))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _mark_unanswered(self, presented: RefreshToken, successor: RefreshToken, client_id: str) -> None:
+        # The database may be away for a while (a failover): ask until it answers, for a bounded time.
+        for delay in UNANSWERED_RETRY_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                marked = await self._store.mark_unanswered(successor.family_id, successor.generation, successor.digest)
+            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError, TimeoutError):
+                continue
+            if marked:
+                events.rotation_unanswered(
+                    family_id=str(successor.family_id), client_id=client_id, generation=successor.generation
+                )
+            return
 
     async def _current_token(self, presented: RefreshToken, family: Family | None) -> RefreshToken | None:
         """The family's current token if ``presented`` is a genuine token of its chain, else None."""

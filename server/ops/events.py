@@ -103,6 +103,16 @@ def keyring_problem(problem: str) -> None:
     log.error("keyring not loaded", extra={"event": "keyring_problem", "problem": problem})
 
 
+def rotation_unanswered(*, family_id: str, client_id: str, generation: int) -> None:
+    """A refresh rotation committed although its request was answered with an error (a lost
+    commit acknowledgement); the family is marked so that the client's retry gets its token."""
+    log.warning(
+        "refresh rotation committed but its answer failed; the retry will be answered",
+        extra={"event": "rotation_unanswered", "family_id": family_id, "client_id": client_id,
+               "generation": generation},
+    )
+
+
 def change_listener_lost(cause: str) -> None:
     """The LISTEN connection for key changes dropped; it reconnects, and polling covers the gap."""
     log.warning("change listener lost; reconnecting", extra={"event": "change_listener_lost", "cause": cause})

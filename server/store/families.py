@@ -17,10 +17,12 @@ change afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -35,7 +37,7 @@ from tessera.server.store.rotation_batch import (
 
 _COLUMNS = (
     "family_id, client_id, user_id, scopes, audience, auth_time, created_at, expires_at, generation,"
-    " current_hash, last_rotated_at, idle_expires_at, revoked_at, revoked_reason"
+    " current_hash, last_rotated_at, idle_expires_at, revoked_at, revoked_reason, unanswered_generation"
 )
 
 
@@ -55,6 +57,9 @@ class Family:
     idle_expires_at: datetime
     revoked_at: datetime | None
     revoked_reason: str | None
+    # The generation of a rotation that committed while its request was answered with an error
+    # (migration 0016): its predecessor's retry is answered with it. None: no such rotation.
+    unanswered_generation: int | None = None
     # As the rotation rule (migration 0009) judged it at the time ``get`` was asked about:
     live: bool = True  # not revoked, inside its idle and absolute lifetimes
     scope_fits: bool = True  # the scope asked for is within the family's
@@ -165,6 +170,25 @@ class FamilyStore:
             secret_changed_at,
         )
         return created is True
+
+    async def mark_unanswered(self, family_id: uuid.UUID, generation: int, current_hash: bytes) -> bool:
+        """Say that the rotation to ``generation`` (its token hashing to ``current_hash``) was not
+        answered, if it committed; True if it did. The commit does not wait for a synchronous
+        standby: the standby being away is one of the reasons this is asked, and the mark is of
+        no use where the rotation it marks is lost."""
+        async with self._connection() as connection, connection.transaction():
+            await connection.execute("SET LOCAL synchronous_commit TO local")
+            marked = await connection.fetchval(
+                "UPDATE refresh_families SET unanswered_generation = $2"
+                " WHERE family_id = $1 AND generation = $2 AND current_hash = $3 RETURNING true",
+                family_id, generation, current_hash,
+            )
+        return bool(marked)
+
+    def _connection(self) -> Any:
+        if isinstance(self._db, asyncpg.Pool):
+            return self._db.acquire()
+        return contextlib.nullcontext(self._db)
 
     async def rotate(
         self,
