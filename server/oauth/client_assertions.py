@@ -42,6 +42,7 @@ from joserfc.util import urlsafe_b64decode
 
 from tessera.keys.jwks_cache import CachedKey, CachePolicy, JWKSCache, KeySetUnavailable, parse_jwks
 from tessera.server.oauth.parameters import printable
+from tessera.server.ops.end_of_turn import EndOfTurn
 from tessera.server.store import Client
 from tessera.server.store.assertions import AssertionJtiStore
 
@@ -197,6 +198,7 @@ class ClientAssertions:
         self._issuer = issuer
         self._clock = clock
         self._decoys = _DecoyKeys()
+        self._verifications = VerificationBatch()
 
     def audiences(self, endpoint: str) -> frozenset[str]:
         """RFC 7523 section 3 item 3, OpenID Connect Core section 9: values of ``aud`` that name
@@ -267,14 +269,14 @@ class ClientAssertions:
             await self.check_against_nothing(assertion)
             raise AssertionRefused("unknown_key")
         model = JWSRegistry.algorithms[assertion.alg]
-        if not any(_verifies(model, assertion, key.key) for key in usable):
+        if not await self._verifications.verify(model, assertion, [key.key for key in usable]):
             raise AssertionRefused("signature")
 
     async def check_against_nothing(self, assertion: ClientAssertion) -> None:
         """One signature check against a key nobody holds: what a refusal of an unknown client, or
         of a key the client does not have, costs, so that its timing matches a wrong signature's."""
         key = await self._decoys.key(assertion.alg)
-        _verifies(JWSRegistry.algorithms[assertion.alg], assertion, key)
+        await self._verifications.verify(JWSRegistry.algorithms[assertion.alg], assertion, [key])
 
     async def spend(self, client_id: str, accepted: AcceptedClaims) -> None:
         """Record the jti; a second use, on any instance, before it expires is a replay.
@@ -305,6 +307,37 @@ def _verifies(model: JWSAlgModel, assertion: ClientAssertion, key: Any) -> bool:
         return bool(model.verify(assertion.signing_input, assertion.signature, key))
     except (ValueError, TypeError, JoseError):
         return False
+
+
+_Verification = tuple[JWSAlgModel, ClientAssertion, list[Any], "asyncio.Future[bool]"]
+
+
+class VerificationBatch:
+    """Checks, at the end of the current turn of the event loop, every assertion's signature asked
+    for in it, one after another: as for the server's own signatures (``tessera.server.oauth.tokens``),
+    OpenSSL's code and tables stay warm in the CPU's caches through a run of them, where one check
+    per request, between the parsing and the answering of it, evicted them. The wait is one turn of
+    the loop. A request that is gone (its client left) is not checked; a check that fails answers
+    False to its own request only."""
+
+    def __init__(self) -> None:
+        self._pending: EndOfTurn[_Verification] = EndOfTurn(self._verify_all)
+
+    def verify(self, model: JWSAlgModel, assertion: ClientAssertion, keys: list[Any]) -> asyncio.Future[bool]:
+        """True if one of ``keys`` verifies the assertion's signature."""
+        verified: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.add((model, assertion, keys, verified))
+        return verified
+
+    @staticmethod
+    def _verify_all(pending: list[_Verification]) -> None:
+        for model, assertion, keys, verified in pending:
+            if verified.done():
+                continue
+            try:
+                verified.set_result(any(_verifies(model, assertion, key) for key in keys))
+            except Exception as exc:  # handed to the one request it belongs to
+                verified.set_exception(exc)
 
 
 class _DecoyKeys:

@@ -7,13 +7,15 @@ hashes: a copy of the table lets nobody sign in or redeem a code.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
-from tessera.server.store.db import fetchrow_before_deadline, fetchval_before_deadline
+from tessera.server.store.batching import StatementBatcher
+from tessera.server.store.db import fetchval_before_deadline, request_gives_up, statement_deadlines
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,31 +43,60 @@ class AuthorizationCode:
     family_id: uuid.UUID | None
 
 
-# A code is redeemed only while the sign-in it came from lasts: after /logout it is worth nothing.
-_SESSION_LIVE = (
-    " AND EXISTS (SELECT 1 FROM login_sessions s WHERE s.session_id = c.session_id AND s.ended_at IS NULL)"
-)
-
-
 # A code's redemption: the checks a token request makes of it, the spending and the family, one
-# statement and one round trip. $6..$9 are the family's (all NULL for a client without refresh tokens).
-_REDEEM_SQL = (
-    "WITH code AS ("
-    " UPDATE authorization_codes c SET redeemed_at = $2, family_id = $6::uuid"
-    "   FROM users u"
-    "  WHERE c.code_hash = $1 AND c.redeemed_at IS NULL AND c.expires_at > $2"
-    "    AND c.client_id = $3 AND c.redirect_uri IS NOT DISTINCT FROM $4::text AND c.code_challenge = $5"
-    "    AND u.user_id = c.user_id AND NOT u.disabled" + _SESSION_LIVE +
-    "  RETURNING c.client_id, c.user_id, c.session_id, c.scopes, c.audience, c.nonce, c.auth_time),"
-    " family AS ("
-    " INSERT INTO refresh_families (family_id, client_id, user_id, scopes, audience, auth_time,"
-    "  created_at, expires_at, generation, current_hash, last_rotated_at, idle_expires_at, login_session_id)"
-    " SELECT $6::uuid, client_id, user_id, scopes, audience, auth_time, $2, $7::timestamptz, 0, $8::bytea, $2,"
-    "  $9::timestamptz, session_id FROM code WHERE $6::uuid IS NOT NULL"
-    " RETURNING 1)"
-    " SELECT user_id, session_id, scopes, audience, nonce, auth_time, (SELECT count(*) FROM family) AS families,"
-    "  tessera_before_deadline($10) AS in_time FROM code"
-)
+# statement and one round trip for every code redeemed at the same moment (group commit,
+# tessera.server.store.batching; the rule is migration 0015's, where a code is redeemed only while
+# the sign-in it came from lasts: after /logout it is worth nothing). A batch gives up on a locked
+# code past its lock_timeout; a row sent alone waits for its lock.
+_BATCH_REDEEM_SQL = "SELECT * FROM tessera_redeem_codes_before($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+_WAITING_REDEEM_SQL = "SELECT * FROM tessera_redeem_codes_waiting_before($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+
+
+@dataclass(frozen=True, slots=True)
+class _Redemption:
+    """One redemption's inputs, as the functions of migration 0015 take them."""
+
+    code_hash: bytes
+    now: datetime
+    client_id: str
+    redirect_uri: str | None
+    code_challenge: str
+    family: NewFamily | None
+
+
+def _redeem_args(rows: Sequence[_Redemption], deadlines: Sequence[datetime | None]) -> tuple[list[Any], ...]:
+    return (
+        [r.code_hash for r in rows], [r.now for r in rows], [r.client_id for r in rows],
+        [r.redirect_uri for r in rows], [r.code_challenge for r in rows],
+        [r.family.family_id if r.family else None for r in rows],
+        [r.family.expires_at if r.family else None for r in rows],
+        [r.family.current_hash if r.family else None for r in rows],
+        [r.family.idle_expires_at if r.family else None for r in rows],
+        list(deadlines),
+    )
+
+
+class _Redemptions:
+    """The redemption functions as a ``BatchStatement``: at most one row per code in a batch, so two
+    copies of a code never share one (the later finds it spent: a replay)."""
+
+    def key(self, row: _Redemption) -> Hashable:
+        return row.code_hash
+
+    async def many(
+        self, connection: asyncpg.Connection, rows: Sequence[_Redemption], deadlines: Sequence[datetime | None]
+    ) -> list[asyncpg.Record | None]:
+        records = await connection.fetch(_BATCH_REDEEM_SQL, *_redeem_args(rows, deadlines))
+        found = {bytes(record["code_hash"]): record for record in records}
+        return [found.get(row.code_hash) for row in rows]
+
+    async def one(
+        self, connection: asyncpg.Connection, row: _Redemption, deadline: datetime | None
+    ) -> asyncpg.Record | None:
+        record: asyncpg.Record | None = await connection.fetchrow(
+            _WAITING_REDEEM_SQL, *_redeem_args([row], [deadline])
+        )
+        return record
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +114,11 @@ class RedeemedCode:
 class SignInStore:
     def __init__(self, db: asyncpg.Pool | asyncpg.Connection) -> None:
         self._db = db
+        # On a pool, concurrent redemptions share statements and commits (group commit); on a single
+        # connection, in a caller's transaction, each runs alone.
+        self._redemptions: StatementBatcher[_Redemption, asyncpg.Record | None] | None = (
+            StatementBatcher(db, _Redemptions()) if isinstance(db, asyncpg.Pool) else None
+        )
 
     # --- the login page's sessions ----------------------------------------------------------------
 
@@ -202,11 +238,13 @@ class SignInStore:
         asked for with this redirect URI and this challenge, has not expired nor been spent, its user
         is enabled and its sign-in has not ended. None otherwise, with nothing changed: ``code``
         says why."""
-        row = await fetchrow_before_deadline(
-            self._db, _REDEEM_SQL, code_hash, now, client_id, redirect_uri, code_challenge,
-            family.family_id if family else None, family.expires_at if family else None,
-            family.current_hash if family else None, family.idle_expires_at if family else None,
-        )
+        redemption = _Redemption(code_hash, now, client_id, redirect_uri, code_challenge, family)
+        gives_up = request_gives_up()
+        if self._redemptions is not None:
+            row = await self._redemptions.submit(redemption, gives_up)
+        else:
+            (deadline,) = await statement_deadlines(self._db, [gives_up])
+            row = await _Redemptions().one(self._db, redemption, deadline)
         if row is None:
             return None
         return RedeemedCode(
