@@ -213,8 +213,19 @@ class ReplicatedPostgres:
         os.kill(_postmaster(self.primary_dir), signal.SIGKILL)
 
     def kill_standby(self) -> None:
-        """SIGKILL the standby's postmaster (its WAL receiver exits with it)."""
-        os.kill(_postmaster(self.standby_dir), signal.SIGKILL)
+        """SIGKILL the standby's postmaster and every process of it, and return once they are gone.
+        The postmaster alone is not enough: its WAL receiver notices only moments later and may
+        still confirm a commit meanwhile."""
+        postmaster = _postmaster(self.standby_dir)
+        processes = [postmaster, *_children(postmaster)]
+        for pid in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in processes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the standby's processes did not exit after SIGKILL")
+            time.sleep(0.01)
 
     async def restart_standby(self) -> None:
         """Start the killed standby again (crash recovery, then streaming) and return once the
@@ -277,3 +288,27 @@ def replicated_postgres(*, synchronous: bool, synchronous_commit: str = "on") ->
 
 
 __all__ = ["ReplicatedPostgres", "replicated_postgres", "server_binaries", "unavailable"]
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # The fields after the command's closing parenthesis: state, then the parent's pid.
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
