@@ -501,6 +501,89 @@ async def test_while_the_synchronous_standby_is_down_a_refresh_commits_on_the_pr
                 await connection.close()
 
 
+async def test_while_the_synchronous_standby_is_down_a_code_redemption_answered_503_is_redeemed_again_not_replayed(
+    tmp_path,
+):
+    """The same lost acknowledgement for an authorization code: the redemption (and the family it
+    starts) commits on the primary while the client gets a 503. Taken as a replay, the retry would
+    revoke the session and send the user back to the login page; instead the code is marked
+    (migration 0017) and its retry, with the same verifier and redirect URI, is redeemed anew: the
+    family nobody received is revoked, a new one starts, once. A third presentation is a replay."""
+    async with _pair("sync") as pair:
+        env = _env(pair, str(tmp_path / "data"), TESSERA_DB_STATEMENT_TIMEOUT="1", TESSERA_REFRESH_REUSE_GRACE="0")
+        await _prepare(pair, env)
+        verifier = secrets.token_urlsafe(48)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+        code = secrets.token_urlsafe(32)
+        redirect_uri = "https://app.example/callback"
+        connection = await asyncpg.connect(pair.primary_dsn)
+        try:
+            hasher = SecretHasher(load_settings(env).argon2)
+            await ClientStore(connection).create(
+                "web", secret_hash=await hasher.hash(SECRET), grant_types=["authorization_code", "refresh_token"],
+                scopes=["openid", "read"], audiences=["https://orders.example"], redirect_uris=[redirect_uri],
+            )
+            hasher.close()
+            user_id = await connection.fetchval("SELECT user_id FROM users WHERE username = 'alice'")
+            session_id = uuid.uuid4()
+            await connection.execute(
+                "INSERT INTO login_sessions (session_id, cookie_hash, user_id, auth_time, expires_at)"
+                " VALUES ($1, $2, $3, now(), now() + interval '1 hour')",
+                session_id, secrets.token_bytes(32), user_id,
+            )
+            await connection.execute(
+                "INSERT INTO authorization_codes (code_hash, client_id, user_id, session_id, redirect_uri,"
+                " code_challenge, scopes, audience, nonce, auth_time, expires_at)"
+                " VALUES ($1, 'web', $2, $3, $4, $5, ARRAY['openid', 'read'], 'https://orders.example', 'n-0s',"
+                " now(), now() + interval '1 minute')",
+                hashlib.sha256(code.encode()).digest(), user_id, session_id, redirect_uri, challenge,
+            )
+        finally:
+            await connection.close()
+        form = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": redirect_uri}
+
+        async with tessera_server(env) as http:
+            pair.kill_standby()
+            status, body, _ = await post_token(http, form, headers=basic("web", SECRET))
+            assert (status, body.get("error")) == (503, "temporarily_unavailable"), body
+
+            async def marked() -> bool:
+                connection = await asyncpg.connect(pair.primary_dsn)
+                try:
+                    return bool(await connection.fetchval("SELECT unanswered FROM authorization_codes"))
+                finally:
+                    await connection.close()
+
+            await eventually(marked, timeout=10, interval=0.1, what="the unanswered redemption marked")
+            await pair.restart_standby()
+
+            status, body, _ = await post_token(http, form, headers=basic("web", SECRET))
+            assert status == 200, body
+            assert body["id_token"] and body["refresh_token"]
+            connection = await asyncpg.connect(pair.primary_dsn)
+            try:
+                families = {r["revoked_reason"]: r["family_id"] for r in await connection.fetch(
+                    "SELECT family_id, revoked_reason FROM refresh_families WHERE client_id = 'web'")}
+                assert set(families) == {"redemption_unanswered", None}
+                assert parse_refresh_token(body["refresh_token"]).family_id == families[None]
+                assert await connection.fetchval("SELECT count(*) FROM security_events") == 0
+            finally:
+                await connection.close()
+            status, refreshed = await _refresh_as(http, "web", body["refresh_token"])
+            assert status == 200, refreshed
+
+            status, again, _ = await post_token(http, form, headers=basic("web", SECRET))  # now a replay
+            assert (status, again.get("error")) == (400, "invalid_grant"), again
+            status, refused = await _refresh_as(http, "web", refreshed["refresh_token"])
+            assert status == 400, refused  # the replay revoked the family the retry started
+
+
+async def _refresh_as(http: TestClient[Any, Any], client_id: str, token: str) -> tuple[int, dict[str, Any]]:
+    form = {"grant_type": "refresh_token", "refresh_token": token}
+    status, body, _ = await post_token(http, form, headers=basic(client_id, SECRET))
+    return status, body
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Measure Tessera across a PostgreSQL failover (kill -9, promote).")
     parser.add_argument("--mode", choices=sorted(MODES), default="sync",

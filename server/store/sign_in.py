@@ -6,6 +6,7 @@ hashes: a copy of the table lets nobody sign in or redeem a code.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,12 @@ from typing import Any
 import asyncpg
 
 from tessera.server.store.batching import StatementBatcher
-from tessera.server.store.db import fetchval_before_deadline, request_gives_up, statement_deadlines
+from tessera.server.store.db import (
+    fetchrow_before_deadline,
+    fetchval_before_deadline,
+    request_gives_up,
+    statement_deadlines,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,8 @@ class AuthorizationCode:
     expires_at: datetime
     redeemed_at: datetime | None
     family_id: uuid.UUID | None
+    # Redeemed, but the request that redeemed it was answered with an error (migration 0017).
+    unanswered: bool = False
 
 
 # A code's redemption: the checks a token request makes of it, the spending and the family, one
@@ -222,7 +230,7 @@ class SignInStore:
     async def code(self, code_hash: bytes) -> AuthorizationCode | None:
         row = await self._db.fetchrow(
             "SELECT client_id, user_id, session_id, redirect_uri, code_challenge, scopes, audience, nonce,"
-            " auth_time, expires_at, redeemed_at, family_id FROM authorization_codes WHERE code_hash = $1",
+            " auth_time, expires_at, redeemed_at, family_id, unanswered FROM authorization_codes WHERE code_hash = $1",
             code_hash,
         )
         if row is None:
@@ -250,6 +258,62 @@ class SignInStore:
         return RedeemedCode(
             row["user_id"], row["session_id"], tuple(row["scopes"]), row["audience"], row["nonce"], row["auth_time"]
         )
+
+    async def mark_unanswered(self, code_hash: bytes, family_id: uuid.UUID) -> bool:
+        """Say that the redemption which started ``family_id`` was answered with an error, if it
+        committed; True if it did. Its commit does not wait for a synchronous standby (one being
+        away is a reason this is asked)."""
+        async with self._connection() as connection, connection.transaction():
+            await connection.execute("SET LOCAL synchronous_commit TO local")
+            marked = await connection.fetchval(
+                "UPDATE authorization_codes SET unanswered = true"
+                " WHERE code_hash = $1 AND family_id = $2 AND redeemed_at IS NOT NULL RETURNING true",
+                code_hash, family_id,
+            )
+        return bool(marked)
+
+    async def redeem_again(
+        self, *, code_hash: bytes, unanswered_family: uuid.UUID, client_id: str, redirect_uri: str | None,
+        code_challenge: str, now: datetime, family: NewFamily,
+    ) -> RedeemedCode | None:
+        """The retry of a redemption that was answered with an error: with the same bindings as the
+        first (client, redirect URI, challenge, an enabled user, a sign-in not ended) and no later
+        than five minutes past the code's lifetime, the family nobody received is revoked and
+        ``family`` started in its place, in one statement, once. None if any of that fails."""
+        row = await fetchrow_before_deadline(
+            self._db,
+            "WITH again AS ("
+            "  UPDATE authorization_codes AS c SET family_id = $7, unanswered = false FROM users AS u"
+            "   WHERE c.code_hash = $1 AND c.unanswered AND c.family_id = $2 AND c.client_id = $3"
+            "     AND c.redirect_uri IS NOT DISTINCT FROM $4 AND c.code_challenge = $5"
+            "     AND c.expires_at + interval '5 minutes' > $6"
+            "     AND u.user_id = c.user_id AND NOT u.disabled"
+            "     AND EXISTS (SELECT 1 FROM login_sessions AS s WHERE s.session_id = c.session_id AND s.ended_at IS NULL)"
+            "  RETURNING c.client_id, c.user_id, c.session_id, c.scopes, c.audience, c.nonce, c.auth_time),"
+            " unanswered AS ("
+            "  UPDATE refresh_families SET revoked_at = $6, revoked_reason = 'redemption_unanswered'"
+            "   WHERE family_id = $2 AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM again) RETURNING 1),"
+            " started AS ("
+            "  INSERT INTO refresh_families (family_id, client_id, user_id, scopes, audience, auth_time, created_at,"
+            "                                expires_at, generation, current_hash, last_rotated_at, idle_expires_at,"
+            "                                login_session_id)"
+            "  SELECT $7, again.client_id, again.user_id, again.scopes, again.audience, again.auth_time, $6,"
+            "         $8, 0, $9, $6, $10, again.session_id FROM again RETURNING 1)"
+            " SELECT user_id, session_id, scopes, audience, nonce, auth_time FROM again"
+            " WHERE tessera_before_deadline($11)",
+            code_hash, unanswered_family, client_id, redirect_uri, code_challenge, now,
+            family.family_id, family.expires_at, family.current_hash, family.idle_expires_at,
+        )
+        if row is None:
+            return None
+        return RedeemedCode(
+            row["user_id"], row["session_id"], tuple(row["scopes"]), row["audience"], row["nonce"], row["auth_time"]
+        )
+
+    def _connection(self) -> Any:
+        if isinstance(self._db, asyncpg.Pool):
+            return self._db.acquire()
+        return contextlib.nullcontext(self._db)
 
     async def delete_expired(self, now: datetime, limit: int = 5000) -> int:
         """Codes past their lifetime and sessions that ended or expired (the janitor's work)."""

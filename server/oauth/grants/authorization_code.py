@@ -11,19 +11,24 @@ section 4.5): whoever holds it now, one of the two is not the client it was issu
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+
 from tessera.server.oauth.errors import InvalidGrant, InvalidRequest
-from tessera.server.oauth.families import RefreshFamilies
+from tessera.server.oauth.families import MAX_SETTLING, UNANSWERED_RETRY_DELAYS, RefreshFamilies
 from tessera.server.oauth.grants.base import TokenRequest, token_response
 from tessera.server.oauth.pkce import s256, verifier_matches, well_formed_verifier
 from tessera.server.oauth.tokens import AccessTokenIssuer
 from tessera.server.ops import events
-from tessera.server.store.sign_in import AuthorizationCode, SignInStore
+from tessera.server.store.db import DATABASE_UNAVAILABLE
+from tessera.server.store.sign_in import AuthorizationCode, NewFamily, RedeemedCode, SignInStore
 
 MAX_CODE_LENGTH = 128
 
@@ -49,6 +54,7 @@ class AuthorizationCodeGrant:
         self._families = families
         self._tokens = tokens
         self._clock = clock
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def validate(self, request: TokenRequest) -> CodeRedemption:
         form = request.form
@@ -67,10 +73,19 @@ class AuthorizationCodeGrant:
         refresh_token = family = None
         if "refresh_token" in client.grant_types:
             refresh_token, family = self._families.prepare_family(now)
-        code = await self._codes.redeem_code(
-            code_hash=validated.code_hash, client_id=client.client_id, redirect_uri=validated.redirect_uri,
-            code_challenge=s256(validated.code_verifier), now=now, family=family,
-        )
+        try:
+            code = await self._codes.redeem_code(
+                code_hash=validated.code_hash, client_id=client.client_id, redirect_uri=validated.redirect_uri,
+                code_challenge=s256(validated.code_verifier), now=now, family=family,
+            )
+        except BaseException:
+            # The request fails, but the redemption may have committed all the same (its
+            # acknowledgement is what was lost): find out, so that the retry is not a replay.
+            if family is not None:
+                self._settle_unanswered(validated.code_hash, family.family_id)
+            raise
+        if code is None and family is not None:
+            code = await self._redeem_unanswered(validated, client.client_id, now, family)
         if code is None:
             await self._refused(validated, client.client_id, request.remote, now)
             raise InvalidGrant("invalid authorization code")  # _refused says more when it can
@@ -97,6 +112,38 @@ class AuthorizationCodeGrant:
                 access_token=access.token,
             )
         return body
+
+    async def _redeem_unanswered(
+        self, asked: CodeRedemption, client_id: str, now: datetime, family: NewFamily
+    ) -> RedeemedCode | None:
+        """A spent code whose redemption was answered with an error, presented again by its client
+        with the same bindings: redeemed anew (migration 0017) rather than taken for a replay."""
+        found = await self._codes.code(asked.code_hash)
+        if found is None or not found.unanswered or found.family_id is None or found.client_id != client_id:
+            return None
+        if asked.redirect_uri != found.redirect_uri or not verifier_matches(asked.code_verifier, found.code_challenge):
+            return None
+        return await self._codes.redeem_again(
+            code_hash=asked.code_hash, unanswered_family=found.family_id, client_id=client_id,
+            redirect_uri=asked.redirect_uri, code_challenge=found.code_challenge, now=now, family=family,
+        )
+
+    def _settle_unanswered(self, code_hash: bytes, family_id: uuid.UUID) -> None:
+        """In the background: mark the code if the failed request's redemption committed."""
+        if len(self._settling) >= MAX_SETTLING:
+            return  # the database is failing many requests at once: keep its load bounded
+        task = asyncio.get_running_loop().create_task(self._mark_unanswered(code_hash, family_id))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _mark_unanswered(self, code_hash: bytes, family_id: uuid.UUID) -> None:
+        for delay in UNANSWERED_RETRY_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                await self._codes.mark_unanswered(code_hash, family_id)
+            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError, TimeoutError):
+                continue
+            return
 
     async def _refused(self, asked: CodeRedemption, client_id: str, remote: str | None, now: datetime) -> None:
         """Why the redemption matched nothing, read after it (so a concurrent winner is visible)."""
