@@ -11,7 +11,7 @@ figures are printed (``pytest -s``); to measure them again, with more load or a 
     .venv/bin/python -m tests.test_failover --help
 
 The tests are skipped where the PostgreSQL server binaries are not installed (``unavailable()`` says
-why); CI has them. About 20 s for the three.
+why); CI has them. About 25 s for the four.
 """
 
 from __future__ import annotations
