@@ -241,6 +241,23 @@ def _hs256_with_the_public_key(key: ClientKey, now: float) -> str:
     return signing_input.decode() + "." + b64(hmac.new(pem, signing_input, hashlib.sha256).digest())
 
 
+def _with_both_alphabets(key: ClientKey, now: float) -> list[str]:
+    """An assertion whose signature's base64url holds a '-' or a '_' (so its plain-base64 spelling differs)."""
+    while True:
+        parts = assertion(key, now=now).split(".")
+        if "-" in parts[2] or "_" in parts[2]:
+            return parts
+
+
+def _spare_bits_set(segment: str) -> str:
+    """The same bytes' second spelling: the last character's unused low bits set (when it has any)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    spare = {2: 0b1111, 3: 0b11}.get(len(segment) % 4)
+    if spare is None:
+        return segment + "A"  # a length no base64url has
+    return segment[:-1] + alphabet[alphabet.index(segment[-1]) | spare]
+
+
 ATTACKS = {
     "alg-none": lambda key, now: unsigned({"alg": "none", "kid": key.kid}, claims_for(now=now)),
     "hs256-with-the-public-key": _hs256_with_the_public_key,
@@ -267,6 +284,23 @@ ATTACKS = {
     ),
     "tampered-claims": lambda key, now: (lambda parts: ".".join(
         [parts[0], b64(json.dumps(claims_for("svc", now=now, scope="admin")).encode()), parts[2]]
+    ))(assertion(key, now=now).split(".")),
+    # Numbers too large for a float (a NumericDate must be one): refused as malformed, not a 500.
+    "exp-a-400-digit-integer": lambda key, now: signed_as_is(
+        key, {"alg": key.alg, "kid": key.kid}, claims_for(now=now, exp=10**400)
+    ),
+    "iat-a-400-digit-integer": lambda key, now: signed_as_is(
+        key, {"alg": key.alg, "kid": key.kid}, claims_for(now=now, iat=10**400)
+    ),
+    # RFC 7515 section 2: base64url without padding, one spelling per byte string.
+    "padded-segments": lambda key, now: ".".join(
+        part + "=" * (-len(part) % 4) if part else part for part in assertion(key, now=now).split(".")
+    ),
+    "signature-in-plain-base64": lambda key, now: (lambda parts: ".".join(
+        [parts[0], parts[1], parts[2].replace("-", "+").replace("_", "/")]
+    ))(_with_both_alphabets(key, now)),
+    "signature-last-character-with-spare-bits-set": lambda key, now: (lambda parts: ".".join(
+        [parts[0], parts[1], _spare_bits_set(parts[2])]
     ))(assertion(key, now=now).split(".")),
     "not-a-jws": lambda key, now: "not.a.jws",
     "a-jwe": lambda key, now: "a.b.c.d.e",

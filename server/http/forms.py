@@ -7,6 +7,7 @@ other control characters. Anything else is ``invalid_request`` before any handle
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote_plus
 
 from aiohttp import web
@@ -17,6 +18,15 @@ from tessera.server.http.limits import receiving_body
 
 MAX_PARAMETERS = 32
 MAX_VALUE_LENGTH = 4096
+_ENCODED_CONTROL = re.compile("%(?:[01][0-9A-Fa-f]|7[Ff])")
+#: Parameters whose values come from a short list (never a credential): each encoded spelling is
+#: decoded once. client_assertion_type's URN has six "%3A"s, 2.7 us to decode every time.
+_VOCABULARY = frozenset({
+    "grant_type", "client_assertion_type", "scope", "token_type_hint", "subject_token_type",
+    "actor_token_type", "requested_token_type", "response_type",
+})
+_DECODED: dict[str, str] = {}
+_DECODED_MAX = 256
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -67,17 +77,30 @@ def _pairs(text: str) -> list[tuple[str, str]]:
     """
     if text.count("&") + 1 > MAX_PARAMETERS:
         raise ValueError("too many fields")
-    decode = "%" in text or "+" in text
     pairs = []
     for piece in text.split("&"):
         if not piece:
             continue
         name, _, value = piece.partition("=")
-        if decode:
+        # Only what has something to decode is decoded: a client assertion (several hundred
+        # characters of base64url) usually has nothing, while its type next to it has "%3A"s.
+        if "%" in name or "+" in name:
             name = unquote_plus(name, errors="strict")
-            value = unquote_plus(value, errors="strict")
+        if "%" in value or "+" in value:
+            value = _decoded(value) if name in _VOCABULARY else unquote_plus(value, errors="strict")
         pairs.append((name, value))
     return pairs
+
+
+def _decoded(value: str) -> str:
+    decoded = _DECODED.get(value)
+    if decoded is None:
+        decoded = unquote_plus(value, errors="strict")
+        if len(value) <= 200:
+            if len(_DECODED) >= _DECODED_MAX:
+                _DECODED.clear()
+            _DECODED[value] = decoded
+    return decoded
 
 
 def parse_form(body: bytes) -> dict[str, str]:
@@ -92,13 +115,18 @@ def parse_form(body: bytes) -> dict[str, str]:
         raise InvalidRequest("a parameter is not valid UTF-8") from None
     except ValueError:
         raise InvalidRequest(f"too many parameters (at most {MAX_PARAMETERS})") from None
+    # A control character in a name or value is in the text raw or percent-encoded ("%00" to "%1F",
+    # "%7F": UTF-8 encodes them as one byte, and a longer form does not decode). When the text has
+    # neither, no parameter has one. The text is ASCII here, where isprintable() is exactly "no C0
+    # control and no DEL", in a tenth of the time of a regex scan.
+    checked = text.isprintable() and ("%" not in text or _ENCODED_CONTROL.search(text) is None)
     form: dict[str, str] = {}
     for name, value in pairs:
         if name in form:
             raise InvalidRequest(f"parameter {name!r} is repeated" if printable(name) else "a parameter is repeated")
         if len(value) > MAX_VALUE_LENGTH or len(name) > 64:
             raise InvalidRequest("a parameter is too long")
-        if not printable(name) or not printable(value):
+        if not checked and (not printable(name) or not printable(value)):
             raise InvalidRequest("parameters may not contain control characters")
         form[name] = value
     # Section 3.2: parameters sent without a value are treated as omitted.
