@@ -35,8 +35,8 @@ import asyncpg
 
 from tessera.server.ops import events
 from tessera.server.oauth.errors import InvalidGrant, InvalidScope, InvalidTarget
+from tessera.server.oauth.unanswered import Settler
 from tessera.server.store import Client, User
-from tessera.server.store.db import DATABASE_UNAVAILABLE
 from tessera.server.store.families import Family, FamilyStore
 from tessera.server.store.sign_in import NewFamily
 from tessera.server.store.secrets import server_secret
@@ -52,10 +52,6 @@ _TOKEN = re.compile(r"^tsr_[A-Za-z0-9_-]{70}$")
 MAX_CHAIN_WALK = 100_000
 # The generation column is a PostgreSQL integer; a token past this has no successor to store.
 MAX_GENERATION = 2**31 - 2
-# How long a failed rotation is looked after (seconds between tries; about 30 s in all): long
-# enough for a failover to promote a standby.
-UNANSWERED_RETRY_DELAYS = (0.05, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
-MAX_SETTLING = 1_000
 # Longer walks run in a thread so a forged token naming a long-lived family cannot stall the loop.
 _INLINE_WALK = 1_000
 
@@ -171,7 +167,7 @@ class RefreshFamilies:
         self._absolute = timedelta(seconds=session_ttl)
         self._grace = timedelta(seconds=reuse_grace)
         self._clock = clock
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settler = Settler()
 
     @classmethod
     async def open(
@@ -250,7 +246,7 @@ class RefreshFamilies:
             # rotation may have committed all the same: its acknowledgement is what was lost. Find
             # out, and if it did, let the retry have its token (CONTRACT.md: an error answer
             # changes nothing, now or later).
-            self._settle_unanswered(presented, successor, ask.client_id)
+            self._settle_unanswered(successor, ask.client_id)
             raise
         if rotated is not None:
             events.refresh_rotated(ask.client_id)
@@ -294,27 +290,14 @@ class RefreshFamilies:
             or (self._grace > timedelta(0) and now - family.last_rotated_at <= self._grace)
         )
 
-    def _settle_unanswered(self, presented: RefreshToken, successor: RefreshToken, client_id: str) -> None:
+    def _settle_unanswered(self, successor: RefreshToken, client_id: str) -> None:
         """In the background: mark the family if the failed request's rotation committed."""
-        if len(self._settling) >= MAX_SETTLING:
-            return  # the database is failing many requests at once: keep its load bounded
-        task = asyncio.get_running_loop().create_task(self._mark_unanswered(presented, successor, client_id))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-
-    async def _mark_unanswered(self, presented: RefreshToken, successor: RefreshToken, client_id: str) -> None:
-        # The database may be away for a while (a failover): ask until it answers, for a bounded time.
-        for delay in UNANSWERED_RETRY_DELAYS:
-            await asyncio.sleep(delay)
-            try:
-                marked = await self._store.mark_unanswered(successor.family_id, successor.generation, successor.digest)
-            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError, TimeoutError):
-                continue
-            if marked:
-                events.rotation_unanswered(
-                    family_id=str(successor.family_id), client_id=client_id, generation=successor.generation
-                )
-            return
+        self._settler.settle(
+            lambda: self._store.mark_unanswered(successor.family_id, successor.generation, successor.digest),
+            lambda: events.rotation_unanswered(
+                family_id=str(successor.family_id), client_id=client_id, generation=successor.generation
+            ),
+        )
 
     async def _current_token(self, presented: RefreshToken, family: Family | None) -> RefreshToken | None:
         """The family's current token if ``presented`` is a genuine token of its chain, else None."""

@@ -252,6 +252,18 @@ async def _before_deadline(db: asyncpg.Pool | asyncpg.Connection, fetch: str, sq
         return await getattr(connection, fetch)(sql, *args, deadline)
 
 
+async def fetchval_committed_locally(db: asyncpg.Pool | asyncpg.Connection, sql: str, *args: object) -> Any:
+    """One statement in its own transaction whose commit does not wait for a synchronous standby
+    (``synchronous_commit = local``): for the marks that settle a write whose acknowledgement was
+    lost, which a standby being away is one reason for, and which are of no use where the write
+    they mark is lost."""
+    async with contextlib.AsyncExitStack() as stack:
+        connection = await stack.enter_async_context(db.acquire()) if isinstance(db, asyncpg.Pool) else db
+        await stack.enter_async_context(connection.transaction())
+        await connection.execute("SET LOCAL synchronous_commit TO local")
+        return await connection.fetchval(sql, *args)
+
+
 class PoolObserver(Protocol):
     def pool_opened(self, max_size: int) -> None: ...
 

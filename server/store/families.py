@@ -17,16 +17,19 @@ change afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
-from tessera.server.store.db import fetchval_before_deadline, request_gives_up, statement_deadlines
+from tessera.server.store.db import (
+    fetchval_before_deadline,
+    fetchval_committed_locally,
+    request_gives_up,
+    statement_deadlines,
+)
 from tessera.server.store.rotation_batch import (
     WAITING_ROTATE_SQL,
     PendingRotation,
@@ -173,22 +176,14 @@ class FamilyStore:
 
     async def mark_unanswered(self, family_id: uuid.UUID, generation: int, current_hash: bytes) -> bool:
         """Say that the rotation to ``generation`` (its token hashing to ``current_hash``) was not
-        answered, if it committed; True if it did. The commit does not wait for a synchronous
-        standby: the standby being away is one of the reasons this is asked, and the mark is of
-        no use where the rotation it marks is lost."""
-        async with self._connection() as connection, connection.transaction():
-            await connection.execute("SET LOCAL synchronous_commit TO local")
-            marked = await connection.fetchval(
-                "UPDATE refresh_families SET unanswered_generation = $2"
-                " WHERE family_id = $1 AND generation = $2 AND current_hash = $3 RETURNING true",
-                family_id, generation, current_hash,
-            )
+        answered, if it committed; True if it did (``fetchval_committed_locally``)."""
+        marked = await fetchval_committed_locally(
+            self._db,
+            "UPDATE refresh_families SET unanswered_generation = $2"
+            " WHERE family_id = $1 AND generation = $2 AND current_hash = $3 RETURNING true",
+            family_id, generation, current_hash,
+        )
         return bool(marked)
-
-    def _connection(self) -> Any:
-        if isinstance(self._db, asyncpg.Pool):
-            return self._db.acquire()
-        return contextlib.nullcontext(self._db)
 
     async def rotate(
         self,

@@ -6,7 +6,6 @@ hashes: a copy of the table lets nobody sign in or redeem a code.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from tessera.server.store.batching import StatementBatcher
 from tessera.server.store.db import (
     fetchrow_before_deadline,
     fetchval_before_deadline,
+    fetchval_committed_locally,
     request_gives_up,
     statement_deadlines,
 )
@@ -261,15 +261,13 @@ class SignInStore:
 
     async def mark_unanswered(self, code_hash: bytes, family_id: uuid.UUID) -> bool:
         """Say that the redemption which started ``family_id`` was answered with an error, if it
-        committed; True if it did. Its commit does not wait for a synchronous standby (one being
-        away is a reason this is asked)."""
-        async with self._connection() as connection, connection.transaction():
-            await connection.execute("SET LOCAL synchronous_commit TO local")
-            marked = await connection.fetchval(
-                "UPDATE authorization_codes SET unanswered = true"
-                " WHERE code_hash = $1 AND family_id = $2 AND redeemed_at IS NOT NULL RETURNING true",
-                code_hash, family_id,
-            )
+        committed; True if it did (``fetchval_committed_locally``)."""
+        marked = await fetchval_committed_locally(
+            self._db,
+            "UPDATE authorization_codes SET unanswered = true"
+            " WHERE code_hash = $1 AND family_id = $2 AND redeemed_at IS NOT NULL RETURNING true",
+            code_hash, family_id,
+        )
         return bool(marked)
 
     async def redeem_again(
@@ -309,11 +307,6 @@ class SignInStore:
         return RedeemedCode(
             row["user_id"], row["session_id"], tuple(row["scopes"]), row["audience"], row["nonce"], row["auth_time"]
         )
-
-    def _connection(self) -> Any:
-        if isinstance(self._db, asyncpg.Pool):
-            return self._db.acquire()
-        return contextlib.nullcontext(self._db)
 
     async def delete_expired(self, now: datetime, limit: int = 5000) -> int:
         """Codes past their lifetime and sessions that ended or expired (the janitor's work)."""

@@ -11,23 +11,19 @@ section 4.5): whoever holds it now, one of the two is not the client it was issu
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
-
 from tessera.server.oauth.errors import InvalidGrant, InvalidRequest
-from tessera.server.oauth.families import MAX_SETTLING, UNANSWERED_RETRY_DELAYS, RefreshFamilies
+from tessera.server.oauth.families import RefreshFamilies
 from tessera.server.oauth.grants.base import TokenRequest, token_response
+from tessera.server.oauth.unanswered import Settler
 from tessera.server.oauth.pkce import s256, verifier_matches, well_formed_verifier
 from tessera.server.oauth.tokens import AccessTokenIssuer
 from tessera.server.ops import events
-from tessera.server.store.db import DATABASE_UNAVAILABLE
 from tessera.server.store.sign_in import AuthorizationCode, NewFamily, RedeemedCode, SignInStore
 
 MAX_CODE_LENGTH = 128
@@ -54,7 +50,7 @@ class AuthorizationCodeGrant:
         self._families = families
         self._tokens = tokens
         self._clock = clock
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settler = Settler()
 
     async def validate(self, request: TokenRequest) -> CodeRedemption:
         form = request.form
@@ -82,7 +78,8 @@ class AuthorizationCodeGrant:
             # The request fails, but the redemption may have committed all the same (its
             # acknowledgement is what was lost): find out, so that the retry is not a replay.
             if family is not None:
-                self._settle_unanswered(validated.code_hash, family.family_id)
+                code_hash, family_id = validated.code_hash, family.family_id
+                self._settler.settle(lambda: self._codes.mark_unanswered(code_hash, family_id))
             raise
         if code is None and family is not None:
             code = await self._redeem_unanswered(validated, client.client_id, now, family)
@@ -127,23 +124,6 @@ class AuthorizationCodeGrant:
             code_hash=asked.code_hash, unanswered_family=found.family_id, client_id=client_id,
             redirect_uri=asked.redirect_uri, code_challenge=found.code_challenge, now=now, family=family,
         )
-
-    def _settle_unanswered(self, code_hash: bytes, family_id: uuid.UUID) -> None:
-        """In the background: mark the code if the failed request's redemption committed."""
-        if len(self._settling) >= MAX_SETTLING:
-            return  # the database is failing many requests at once: keep its load bounded
-        task = asyncio.get_running_loop().create_task(self._mark_unanswered(code_hash, family_id))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-
-    async def _mark_unanswered(self, code_hash: bytes, family_id: uuid.UUID) -> None:
-        for delay in UNANSWERED_RETRY_DELAYS:
-            await asyncio.sleep(delay)
-            try:
-                await self._codes.mark_unanswered(code_hash, family_id)
-            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError, TimeoutError):
-                continue
-            return
 
     async def _refused(self, asked: CodeRedemption, client_id: str, remote: str | None, now: datetime) -> None:
         """Why the redemption matched nothing, read after it (so a concurrent winner is visible)."""
