@@ -129,11 +129,7 @@ class Server:
         command = [str(bench.BIN / "tessera"), "serve"] if register else [sys.executable, "-c", NO_REGISTER]
         self.server = bench.Server(bench.pinned(cpu) + command, self.env, work / f"{name}.log")
         self.base = f"http://127.0.0.1:{port}"
-        try:
-            bench.wait_ready(self.base + "/readyz", self.server)
-        except BaseException:
-            self.server.stop()
-            raise
+        bench.wait_ready(self.base + "/readyz", self.server)
 
     def stop(self) -> None:
         self.server.stop()
@@ -163,11 +159,7 @@ class Peer:
         self.base = f"http://127.0.0.1:{port}"
         self.issuer = self.base  # an assertion's aud: the issuer identifier, which it accepts
         self.jwks_url = self.base + "/jwks"
-        try:
-            bench.wait_ready(self.base + "/.well-known/openid-configuration", self.server, timeout=30)
-        except BaseException:
-            self.server.stop()
-            raise
+        bench.wait_ready(self.base + "/.well-known/openid-configuration", self.server, timeout=30)
 
     def reset(self) -> None:
         """Empties its in-memory store (the last runs' replay entries) before a run (admin POST /reset)."""

@@ -171,11 +171,7 @@ class Tessera:
         self.base = f"http://127.0.0.1:{port}"
         self.issuer = self.base
         self.jwks_url = self.base + "/.well-known/jwks.json"
-        try:
-            bench.wait_ready(self.base + "/readyz", self.server)
-        except BaseException:
-            self.server.stop()
-            raise
+        bench.wait_ready(self.base + "/readyz", self.server)
         self.sessions: list[str] = []
 
     def login_form(self) -> tuple[str, str, str]:

@@ -100,6 +100,15 @@ class Server:
 
 
 def wait_ready(url: str, server: Server, timeout: float = 90.0) -> None:
+    """Until ``url`` answers 200; a server that never gets there (or an interruption) is stopped."""
+    try:
+        _wait_ready(url, server, timeout)
+    except BaseException:
+        server.stop()
+        raise
+
+
+def _wait_ready(url: str, server: Server, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -315,11 +324,7 @@ def start_tessera(mode: str, work: Path, name: str, users: bool = True) -> tuple
     server_cpu = placement(mode)[0]
     server = Server(pinned(server_cpu) + [str(BIN / "tessera"), "serve"], env, work / f"{name}.log")
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base + "/readyz", server)
-    except BaseException:
-        server.stop()
-        raise
+    wait_ready(base + "/readyz", server)
     return server, base
 
 

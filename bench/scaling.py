@@ -150,11 +150,7 @@ class Deployment:
             server = Server([sys.executable, "-m", "tessera.server.cli", "serve"], self.env(index, port),
                             self.work / f"tessera-{index}.log")
             base = f"http://127.0.0.1:{port}"
-            try:
-                wait_ready(base + "/readyz", server)
-            except BaseException:
-                server.stop()
-                raise
+            wait_ready(base + "/readyz", server)
             self.instances.append(Instance(server, base))
 
     def cpu(self) -> dict[str, float]:
