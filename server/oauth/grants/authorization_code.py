@@ -81,10 +81,15 @@ class AuthorizationCodeGrant:
                 code_hash, family_id = validated.code_hash, family.family_id
                 self._settler.settle(lambda: self._codes.mark_unanswered(code_hash, family_id))
             raise
-        if code is None and family is not None:
-            code = await self._redeem_unanswered(validated, client.client_id, now, family)
         if code is None:
-            await self._refused(validated, client.client_id, request.remote, now)
+            # Read after the redemption matched nothing, so a concurrent winner is visible.
+            found = await self._codes.code(validated.code_hash)
+            if family is not None and found is not None and self._may_redeem_again(validated, found, client.client_id):
+                code = await self._redeem_again(validated, found, client.client_id, now, family)
+                if code is None:  # another retry of it won: judge by what that one left
+                    found = await self._codes.code(validated.code_hash)
+        if code is None:
+            await self._refused(validated, found, client.client_id, request.remote, now)
             raise InvalidGrant("invalid authorization code")  # _refused says more when it can
         auth_time = int(code.auth_time.timestamp())
         session_id = str(family.family_id) if family is not None else None
@@ -110,24 +115,28 @@ class AuthorizationCodeGrant:
             )
         return body
 
-    async def _redeem_unanswered(
-        self, asked: CodeRedemption, client_id: str, now: datetime, family: NewFamily
-    ) -> RedeemedCode | None:
+    @staticmethod
+    def _may_redeem_again(asked: CodeRedemption, found: AuthorizationCode, client_id: str) -> bool:
         """A spent code whose redemption was answered with an error, presented again by its client
         with the same bindings: redeemed anew (migration 0017) rather than taken for a replay."""
-        found = await self._codes.code(asked.code_hash)
-        if found is None or not found.unanswered or found.family_id is None or found.client_id != client_id:
-            return None
-        if asked.redirect_uri != found.redirect_uri or not verifier_matches(asked.code_verifier, found.code_challenge):
-            return None
+        return (
+            found.unanswered and found.family_id is not None and found.client_id == client_id
+            and asked.redirect_uri == found.redirect_uri and verifier_matches(asked.code_verifier, found.code_challenge)
+        )
+
+    async def _redeem_again(
+        self, asked: CodeRedemption, found: AuthorizationCode, client_id: str, now: datetime, family: NewFamily
+    ) -> RedeemedCode | None:
+        assert found.family_id is not None  # _may_redeem_again
         return await self._codes.redeem_again(
             code_hash=asked.code_hash, unanswered_family=found.family_id, client_id=client_id,
             redirect_uri=asked.redirect_uri, code_challenge=found.code_challenge, now=now, family=family,
         )
 
-    async def _refused(self, asked: CodeRedemption, client_id: str, remote: str | None, now: datetime) -> None:
-        """Why the redemption matched nothing, read after it (so a concurrent winner is visible)."""
-        found = await self._codes.code(asked.code_hash)
+    async def _refused(
+        self, asked: CodeRedemption, found: AuthorizationCode | None, client_id: str, remote: str | None, now: datetime
+    ) -> None:
+        """Why the redemption matched nothing, from the code as read after it."""
         if found is None or found.client_id != client_id:
             # Another client's code is refused without spending it: the client it was issued to
             # may still redeem it.
