@@ -78,6 +78,12 @@ def _with_database(settings: Settings, action: Callable[[Any, db.Database], Awai
         finally:
             await pool.close()
 
+    if settings.database_url is None and not (settings.data_dir / "pg").exists():
+        # The embedded database lives where TESSERA_DATA_DIR says, ./.tessera by default: a command
+        # run from another directory than the server's would otherwise change a database nobody
+        # serves from, and look as if it worked.
+        print(f"tessera: no database in {settings.data_dir}: making a new, empty one there"
+              " (TESSERA_DATA_DIR, or TESSERA_DATABASE_URL, names the server's)", file=sys.stderr)
     with db.open_database(settings) as database:
         return asyncio.run(run(database))
 

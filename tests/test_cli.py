@@ -133,7 +133,11 @@ def test_embedded_database_and_dev_kek_work_without_any_server():
     created = tessera(env, "clients", "create", "svc", "--grant-types", "client_credentials",
                       "--audiences", "https://a.example", "--json")
     assert created.returncode == 0, created.stderr
-    assert [c["client_id"] for c in json.loads(tessera(env, "clients", "list", "--json").stdout)] == ["svc"]
+    # A command run where no database is (another directory than the server's) says so.
+    assert f"tessera: no database in {data_dir}: making a new, empty one there" in created.stderr
+    listed = tessera(env, "clients", "list", "--json")
+    assert [c["client_id"] for c in json.loads(listed.stdout)] == ["svc"]
+    assert "no database" not in listed.stderr
     assert (data_dir / "pg" / "PG_VERSION").exists()
     kek = data_dir / "key-encryption-key"
     assert kek.exists() and stat.S_IMODE(kek.stat().st_mode) == 0o600
