@@ -3,6 +3,9 @@ the code at /token, the ID token, /userinfo, refresh and /logout (CONTRACT.md, "
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 import aiohttp
 import jwt as pyjwt
 
@@ -18,6 +21,20 @@ async def _app_client(admin, **extra):
         redirect_uris=(REDIRECT_URI,), **extra,
     )
     await admin.user("alice")
+
+
+async def _signed_in(http, session) -> dict:
+    """alice signs in at webapp (first party: no consent page); the code grant's answer."""
+    browser = Browser(str(http.make_url("")).rstrip("/"), session)
+    verifier, challenge = pkce_pair()
+    page = await browser.authorize(**authorization_parameters("webapp", challenge))
+    back = await browser.submit(page, username="alice", password=PASSWORD)
+    token = await http.post("/token", data={
+        "grant_type": "authorization_code", "code": back.query()["code"], "redirect_uri": REDIRECT_URI,
+        "code_verifier": verifier,
+    }, headers=basic("webapp", SECRET))
+    assert token.status == 200
+    return await token.json()
 
 
 async def test_a_person_signs_in_consents_and_the_app_gets_tokens_that_work(env, clock, admin):
@@ -76,18 +93,43 @@ async def test_the_id_token_and_the_access_token_name_the_same_sid(env, clock, a
     """One sign-in at one client is one session at the RP: the refresh family, in both tokens."""
     await _app_client(admin, first_party=True)
     async with tessera_server(env, clock) as http, aiohttp.ClientSession() as session:
-        browser = Browser(str(http.make_url("")).rstrip("/"), session)
-        verifier, challenge = pkce_pair()
-        page = await browser.authorize(**authorization_parameters("webapp", challenge))
-        back = await browser.submit(page, username="alice", password=PASSWORD)
-        token = await http.post("/token", data={
-            "grant_type": "authorization_code", "code": back.query()["code"], "redirect_uri": REDIRECT_URI,
-            "code_verifier": verifier,
-        }, headers=basic("webapp", SECRET))
-        body = await token.json()
+        body = await _signed_in(http, session)
         access = pyjwt.decode(body["access_token"], options={"verify_signature": False})
         id_token = pyjwt.decode(body["id_token"], options={"verify_signature": False})
         assert access["sid"] == id_token["sid"]
+
+
+async def test_refreshing_gives_a_new_id_token_about_the_same_sign_in(env, clock, admin):
+    """OpenID Connect Core 12.2: the same iss, sub, aud, sid and auth_time, a new iat, no nonce,
+    at_hash of the new access token, signed with a key of the JWKS; none once openid is left out."""
+    await _app_client(admin, first_party=True)
+    async with tessera_server(env, clock) as http, aiohttp.ClientSession() as session:
+        first = await _signed_in(http, session)
+        jwks = pyjwt.PyJWKSet.from_dict(await (await http.get("/.well-known/jwks.json")).json())
+
+        def verified(id_token: str) -> dict:
+            key = jwks[pyjwt.get_unverified_header(id_token)["kid"]]
+            return pyjwt.decode(id_token, key, algorithms=["ES256"], audience="webapp", issuer=ISSUER,
+                                leeway=300)  # the server runs on the test's clock
+
+        original = verified(first["id_token"])
+        clock.advance(120)
+        answer = await http.post("/token", data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"]},
+                                 headers=basic("webapp", SECRET))
+        refreshed = await answer.json()
+        assert answer.status == 200, refreshed
+        renewed = verified(refreshed["id_token"])
+        for claim in ("iss", "sub", "aud", "sid", "auth_time"):
+            assert renewed[claim] == original[claim], claim
+        assert renewed["iat"] == original["iat"] + 120 and "nonce" in original and "nonce" not in renewed
+        digest = hashlib.sha256(refreshed["access_token"].encode()).digest()[:16]
+        assert renewed["at_hash"] == base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+        narrowed = await http.post("/token", data={
+            "grant_type": "refresh_token", "refresh_token": refreshed["refresh_token"], "scope": "read",
+        }, headers=basic("webapp", SECRET))
+        body = await narrowed.json()
+        assert narrowed.status == 200 and body["scope"] == "read" and "id_token" not in body, body
 
 
 async def test_logout_redirects_a_native_app_to_its_loopback_port_and_checks_client_id(env, clock, admin):

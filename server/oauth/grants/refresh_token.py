@@ -2,8 +2,8 @@
 
 ``validate`` only reads the request; ``issue`` rotates the token in one conditional UPDATE (sent
 together with concurrent rotations of other families, ``tessera.server.store.rotation_batch``) and signs
-the access token. Everything the access token says (user, audience, ``auth_time``, ``sid``) comes
-from the family, fixed at login.
+the access token, and an ID token when the scope has ``openid``. Everything the tokens say (user,
+audience, ``auth_time``, ``sid``) comes from the family, fixed at login.
 """
 
 from __future__ import annotations
@@ -48,4 +48,17 @@ class RefreshTokenGrant:
             auth_time=int(family.auth_time.timestamp()),
             session_id=str(family.family_id),
         )
-        return token_response(access, scopes, refreshed.refresh_token)
+        body = token_response(access, scopes, refreshed.refresh_token)
+        if "openid" in scopes:
+            # OpenID Connect Core section 12.2: a new ID token about the same sign-in (the same
+            # sub, aud, sid and auth_time), issued now, bound to the new access token, and without
+            # the nonce, which belonged to the authentication request.
+            body["id_token"] = await self._tokens.issue_id_token(
+                subject=str(family.user_id),
+                client_id=family.client_id,
+                auth_time=int(family.auth_time.timestamp()),
+                session_id=str(family.family_id),
+                nonce=None,
+                access_token=access.token,
+            )
+        return body
