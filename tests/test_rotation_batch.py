@@ -11,7 +11,7 @@ import pytest
 
 from tessera.server.store import db
 from tessera.server.store.families import FamilyStore
-from tessera.server.store.rotation_batch import RotationBatcher
+from tessera.server.store.rotation_batch import rotation_batcher
 from tests.test_garbage_collection import LIVE, _families, owner  # noqa: F401  (the fixture)
 
 NOW = datetime.now(UTC)
@@ -62,7 +62,7 @@ async def test_concurrent_rotations_of_many_families_share_a_few_statements(owne
     before = await _hashes(db_conn, set(ids))
     store = FamilyStore(pool)
     counting = CountingPool(pool)
-    store._rotations = RotationBatcher(counting)
+    store._rotations = rotation_batcher(counting)
     successors = {family_id: uuid.uuid4().bytes * 2 for family_id in ids}
     results = await asyncio.gather(*(
         _rotate(store, family_id, 0, before[family_id][1], successors[family_id]) for family_id in ids

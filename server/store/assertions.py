@@ -24,7 +24,7 @@ from datetime import datetime
 import asyncpg
 
 from tessera.server.store.batching import StatementBatcher
-from tessera.server.store.db import request_gives_up, statement_deadlines
+from tessera.server.store.db import request_gives_up
 
 SPEND_SQL = "SELECT client_id, jti FROM tessera_spend_client_assertions($1, $2, $3, $4, $5)"
 MAX_BATCH = 256
@@ -71,20 +71,14 @@ class AssertionJtiStore:
         self, db: asyncpg.Pool | asyncpg.Connection, *, max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT
     ) -> None:
         self._db = db
-        self._statement = _Spends()
-        self._batcher: StatementBatcher[_Spend, bool] | None = (
-            StatementBatcher(db, self._statement, max_batch=max_batch, max_in_flight=max_in_flight)
-            if isinstance(db, asyncpg.Pool) else None
+        self._spends: StatementBatcher[_Spend, bool] = StatementBatcher(
+            db, _Spends(), max_batch=max_batch, max_in_flight=max_in_flight
         )
 
     async def spend(self, client_id: str, jti: str, *, expires_at: datetime, now: datetime) -> bool:
         """Record that ``client_id`` used ``jti`` until ``expires_at``; False (nothing written) if
         it already did and that use has not expired at ``now``: a replay."""
-        row, gives_up = _Spend(client_id, jti, expires_at, now), request_gives_up()
-        if self._batcher is not None:
-            return await self._batcher.submit(row, gives_up)
-        (deadline,) = await statement_deadlines(self._db, [gives_up])
-        return await self._statement.one(self._db, row, deadline)
+        return await self._spends.submit(_Spend(client_id, jti, expires_at, now), request_gives_up())
 
     async def delete_expired(self, now: datetime, limit: int = 5000) -> int:
         """Up to ``limit`` rows whose assertions have expired (the janitor's work)."""

@@ -84,12 +84,17 @@ class BatchStatement(Protocol[RowT_contra, ResultT_co]):
 
 
 class StatementBatcher(Generic[RowT, ResultT]):
-    """Collects rows and sends them in batches; ``submit`` answers each with its own result."""
+    """Collects rows and sends them in batches; ``submit`` answers each with its own result.
+
+    On a single connection (the CLI's, a caller's transaction, a test's) there is nothing to share
+    and a transaction to stay in: each row is sent alone on it, through ``BatchStatement.one``."""
 
     def __init__(
-        self, pool: asyncpg.Pool, statement: BatchStatement[RowT, ResultT], *, max_batch: int = MAX_BATCH,
-        max_in_flight: int = MAX_IN_FLIGHT, sent: Callable[[int], None] | None = None,
+        self, pool: asyncpg.Pool | asyncpg.Connection, statement: BatchStatement[RowT, ResultT], *,
+        max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT, sent: Callable[[int], None] | None = None,
     ) -> None:
+        # A pool's connections are asyncpg.Connection too (PoolConnectionProxy); a pool is not.
+        self._connection: asyncpg.Connection | None = pool if isinstance(pool, asyncpg.Connection) else None
         self._pool = pool
         self._statement = statement
         self._max_batch = max_batch
@@ -101,6 +106,9 @@ class StatementBatcher(Generic[RowT, ResultT]):
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, row: RowT, gives_up: float | None) -> ResultT:
+        if self._connection is not None:
+            (deadline,) = await statement_deadlines(self._connection, [gives_up])
+            return await self._statement.one(self._connection, row, deadline)
         loop = asyncio.get_running_loop()
         item: Pending[RowT, ResultT] = Pending(row, gives_up)
         item.done = loop.create_future()

@@ -28,15 +28,8 @@ from tessera.server.store.db import (
     fetchval_before_deadline,
     fetchval_committed_locally,
     request_gives_up,
-    statement_deadlines,
 )
-from tessera.server.store.rotation_batch import (
-    WAITING_ROTATE_SQL,
-    PendingRotation,
-    RotationBatcher,
-    rotation_args,
-    scope_parameter,
-)
+from tessera.server.store.rotation_batch import PendingRotation, rotation_batcher, scope_parameter
 
 _COLUMNS = (
     "family_id, client_id, user_id, scopes, audience, auth_time, created_at, expires_at, generation,"
@@ -135,7 +128,7 @@ class FamilyStore:
         self._db = db
         # On a pool, concurrent rotations share statements and commits (group commit); on a single
         # connection, in a caller's transaction, each rotation runs alone.
-        self._rotations = RotationBatcher(db) if isinstance(db, asyncpg.Pool) else None
+        self._rotations = rotation_batcher(db)
 
     async def create(
         self,
@@ -203,11 +196,7 @@ class FamilyStore:
             family_id, generation, current_hash, client_id, successor_hash, now, idle_expires_at,
             scope_parameter(scopes), audience, request_gives_up(),
         )
-        if self._rotations is not None:
-            row = await self._rotations.rotate(rotation)
-        else:
-            deadlines = await statement_deadlines(self._db, [rotation.gives_up])
-            row = await self._db.fetchrow(WAITING_ROTATE_SQL, *rotation_args([rotation]), deadlines)
+        row = await self._rotations.submit(rotation, rotation.gives_up)
         if row is None:
             return None
         # Only what the rotation did not set itself comes back: decoding is a good part of its cost.

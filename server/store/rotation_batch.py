@@ -33,13 +33,6 @@ from tessera.server.store.batching import DEADLINE_CONSTRAINT, StatementBatcher
 BATCH_ROTATE_SQL = "SELECT * FROM tessera_rotate_families_before($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 WAITING_ROTATE_SQL = "SELECT * FROM tessera_rotate_families_waiting_before($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 
-# Rows per statement. At 64 concurrent rotations a batch rarely reaches this; it bounds the work
-# (and the locks) of one statement.
-MAX_BATCH = 128
-# Batches at the database at once from one process: one can be executing while another waits for
-# its WAL flush. More would only split the same load into smaller batches.
-MAX_IN_FLIGHT = 2
-
 
 @dataclass(slots=True)
 class PendingRotation:
@@ -79,19 +72,13 @@ class _Rotations:
         return record
 
 
-class RotationBatcher:
-    """Collects rotations and sends them in batches; ``rotate`` answers each with its own row."""
-
-    def __init__(
-        self, pool: asyncpg.Pool, *, max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT
-    ) -> None:
-        self._batcher: StatementBatcher[PendingRotation, asyncpg.Record | None] = StatementBatcher(
-            pool, _Rotations(), max_batch=max_batch, max_in_flight=max_in_flight, sent=events.rotations_sent
-        )
-
-    async def rotate(self, rotation: PendingRotation) -> asyncpg.Record | None:
-        """The rotated row (user_id, scopes, audience, auth_time, created_at, expires_at), or None."""
-        return await self._batcher.submit(rotation, rotation.gives_up)
+def rotation_batcher(
+    db: asyncpg.Pool | asyncpg.Connection,
+) -> StatementBatcher[PendingRotation, asyncpg.Record | None]:
+    """Rotations on ``db``: batched on a pool (each batch counted in the metrics), each alone on a
+    single connection. ``submit`` answers the rotated row (user_id, scopes, audience, auth_time,
+    created_at, expires_at), or None."""
+    return StatementBatcher(db, _Rotations(), sent=events.rotations_sent)
 
 
 def scope_parameter(scopes: Sequence[str] | None) -> str | None:
@@ -116,6 +103,6 @@ def rotation_args(batch: Sequence[PendingRotation]) -> tuple[list[Any], ...]:
 
 
 __all__ = [
-    "BATCH_ROTATE_SQL", "DEADLINE_CONSTRAINT", "WAITING_ROTATE_SQL", "PendingRotation", "RotationBatcher", "rotation_args",
+    "BATCH_ROTATE_SQL", "DEADLINE_CONSTRAINT", "WAITING_ROTATE_SQL", "PendingRotation", "rotation_args", "rotation_batcher",
     "scope_parameter",
 ]

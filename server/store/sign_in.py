@@ -20,7 +20,6 @@ from tessera.server.store.db import (
     fetchval_before_deadline,
     fetchval_committed_locally,
     request_gives_up,
-    statement_deadlines,
 )
 
 
@@ -124,9 +123,7 @@ class SignInStore:
         self._db = db
         # On a pool, concurrent redemptions share statements and commits (group commit); on a single
         # connection, in a caller's transaction, each runs alone.
-        self._redemptions: StatementBatcher[_Redemption, asyncpg.Record | None] | None = (
-            StatementBatcher(db, _Redemptions()) if isinstance(db, asyncpg.Pool) else None
-        )
+        self._redemptions: StatementBatcher[_Redemption, asyncpg.Record | None] = StatementBatcher(db, _Redemptions())
 
     # --- the login page's sessions ----------------------------------------------------------------
 
@@ -247,12 +244,7 @@ class SignInStore:
         is enabled and its sign-in has not ended. None otherwise, with nothing changed: ``code``
         says why."""
         redemption = _Redemption(code_hash, now, client_id, redirect_uri, code_challenge, family)
-        gives_up = request_gives_up()
-        if self._redemptions is not None:
-            row = await self._redemptions.submit(redemption, gives_up)
-        else:
-            (deadline,) = await statement_deadlines(self._db, [gives_up])
-            row = await _Redemptions().one(self._db, redemption, deadline)
+        row = await self._redemptions.submit(redemption, request_gives_up())
         if row is None:
             return None
         return RedeemedCode(
