@@ -13,6 +13,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 SIGNING_ALGORITHMS = ("ES256", "ES384", "EdDSA", "RS256", "PS256")
@@ -87,23 +88,14 @@ class Settings:
         return self.database_url is None and self.key_encryption_key is None
 
 
-def _directory(env: Mapping[str, str], name: str) -> Path | None:
+def _existing(env: Mapping[str, str], name: str, kind: Literal["directory", "file"]) -> Path | None:
+    """The path ``name`` gives, which must be an existing directory or file; None if unset."""
     text = _text(env, name, None)
     if text is None:
         return None
     path = Path(text).expanduser().absolute()
-    if not path.is_dir():
-        raise SettingsError(f"{name}: {text!r} is not a directory")
-    return path
-
-
-def _file(env: Mapping[str, str], name: str) -> Path | None:
-    text = _text(env, name, None)
-    if text is None:
-        return None
-    path = Path(text).expanduser().absolute()
-    if not path.is_file():
-        raise SettingsError(f"{name}: {text!r} is not a file")
+    if not (path.is_dir() if kind == "directory" else path.is_file()):
+        raise SettingsError(f"{name}: {text!r} is not a {kind}")
     return path
 
 
@@ -332,6 +324,6 @@ def load_settings(
         # RFC 9700 section 4.5 / RFC 6749 section 4.1.2: a code lives at most 10 minutes.
         authorization_code_ttl=_int(env, "TESSERA_AUTHORIZATION_CODE_TTL", 60, 1, 600),
         login_session_ttl=_int(env, "TESSERA_LOGIN_SESSION_TTL", 28800, 0, 10 * year),
-        templates_dir=_directory(env, "TESSERA_TEMPLATES_DIR"),
-        clients_file=_file(env, "TESSERA_CLIENTS_FILE"),
+        templates_dir=_existing(env, "TESSERA_TEMPLATES_DIR", "directory"),
+        clients_file=_existing(env, "TESSERA_CLIENTS_FILE", "file"),
     )
