@@ -11,7 +11,7 @@ import inspect
 import json
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -146,3 +146,24 @@ __all__ = [
     "FORM", "KEK", "PASSWORD", "SECRET", "FakeClock", "basic", "decode_segment", "eventually", "fetch_jwks", "jws",
     "post_token", "served", "tessera_server", "verify_with_joserfc", "with_database",
 ]
+
+
+async def only_the_locked_row_waits(
+    pool: Any, lock_sql: str, locked: Hashable, writes: Mapping[Hashable, Callable[[], Awaitable[Any]]]
+) -> None:
+    """Group commit's rule that one row does not hold up its batch: every write of ``writes`` is
+    started while another transaction holds the row lock ``lock_sql`` takes on ``locked``. The batch
+    gives up on the lock after its lock_timeout and the others go through row by row (each answers
+    something, not None); ``locked``'s write waits for its lock, as it would alone, and is answered
+    once the other transaction rolls back."""
+    async with pool.acquire() as blocker:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute(lock_sql, locked)
+        started = {key: asyncio.ensure_future(write()) for key, write in writes.items()}
+        others = [task for key, task in started.items() if key != locked]
+        done, _ = await asyncio.wait(others, timeout=5)
+        assert len(done) == len(others) and all(task.result() is not None for task in done)
+        assert not started[locked].done()
+        await transaction.rollback()
+        assert await asyncio.wait_for(started[locked], 5) is not None

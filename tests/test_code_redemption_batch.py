@@ -9,6 +9,7 @@ the last test redeems one code at two real server processes at once."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ from tessera.server.store import db
 from tessera.server.store.batching import StatementBatcher
 from tessera.server.store.db import REQUEST_GIVES_UP
 from tessera.server.store.sign_in import NewFamily, SignInStore, _Redemptions
-from tests.helpers import PASSWORD, SECRET, basic
+from tests.helpers import PASSWORD, SECRET, basic, only_the_locked_row_waits
 from tests.processes import Processes
 from tests.sign_in_helpers import REDIRECT_URI, Browser, authorization_parameters, pkce_pair
 from tests.test_private_key_jwt import _two_instances
@@ -149,18 +150,10 @@ async def test_a_code_locked_elsewhere_holds_up_only_its_own_redemption(signed_i
     hashes = await _codes(store, signed_in, 8)
     locked = hashes[3]
     families = {h: _family() for h in hashes}
-    async with pool.acquire() as blocker:
-        transaction = blocker.transaction()
-        await transaction.start()
-        await blocker.execute("SELECT 1 FROM authorization_codes WHERE code_hash = $1 FOR UPDATE", locked)
-        redemptions = {h: asyncio.ensure_future(_redeem(store, h, families[h])) for h in hashes}
-        others = [redemptions[h] for h in hashes if h != locked]
-        # The batch gives up on the lock after its lock_timeout; the other seven go through row by row.
-        done, _ = await asyncio.wait(others, timeout=5)
-        assert len(done) == 7 and all(task.result() is not None for task in done)
-        assert not redemptions[locked].done()  # this one waits for its lock, as a single redemption would
-        await transaction.rollback()
-        assert await asyncio.wait_for(redemptions[locked], 5) is not None
+    await only_the_locked_row_waits(
+        pool, "SELECT 1 FROM authorization_codes WHERE code_hash = $1 FOR UPDATE", locked,
+        {h: functools.partial(_redeem, store, h, families[h]) for h in hashes},
+    )
     codes, made = await _state(db_conn)
     assert codes == {h: f.family_id for h, f in families.items()} and made == {f.family_id for f in families.values()}
 

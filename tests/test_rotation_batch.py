@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -12,6 +13,7 @@ import pytest
 from tessera.server.store import db
 from tessera.server.store.families import FamilyStore
 from tessera.server.store.rotation_batch import rotation_batcher
+from tests.helpers import only_the_locked_row_waits
 from tests.test_garbage_collection import LIVE, _families, owner  # noqa: F401  (the fixture)
 
 NOW = datetime.now(UTC)
@@ -111,22 +113,12 @@ async def test_a_family_locked_elsewhere_holds_up_only_its_own_rotation(owner, d
     hashes = await _hashes(db_conn, set(ids))
     locked = ids[3]
     store = FamilyStore(pool)
-    async with pool.acquire() as blocker:
-        transaction = blocker.transaction()
-        await transaction.start()
-        # Another transaction is revoking (or rotating) one family and has not committed yet.
-        await blocker.execute("SELECT 1 FROM refresh_families WHERE family_id = $1 FOR UPDATE", locked)
-        rotations = {
-            family_id: asyncio.ensure_future(_rotate(store, family_id, 0, hashes[family_id][1], family_id.bytes * 2))
-            for family_id in ids
-        }
-        others = [rotations[family_id] for family_id in ids if family_id != locked]
-        # The batch gives up on the lock after its lock_timeout; the other nine go through row by row.
-        done, _ = await asyncio.wait(others, timeout=5)
-        assert len(done) == 9 and all(task.result() is not None for task in done)
-        assert not rotations[locked].done()  # this one waits for the lock, as a single rotation would
-        await transaction.rollback()
-        assert await asyncio.wait_for(rotations[locked], 5) is not None
+    # Another transaction is revoking (or rotating) one family and has not committed yet.
+    await only_the_locked_row_waits(
+        pool, "SELECT 1 FROM refresh_families WHERE family_id = $1 FOR UPDATE", locked,
+        {family_id: functools.partial(_rotate, store, family_id, 0, hashes[family_id][1], family_id.bytes * 2)
+         for family_id in ids},
+    )
     assert await _hashes(db_conn, set(ids)) == {family_id: (1, family_id.bytes * 2) for family_id in ids}
 
 
